@@ -1,0 +1,5 @@
+import sys
+
+from mp_lightning.cli import main
+
+sys.exit(main())

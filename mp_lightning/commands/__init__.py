@@ -1,0 +1,1 @@
+"""One module per `mp-lightning` subcommand (see `mp_lightning.cli`)."""
