@@ -5,12 +5,17 @@ or raises `MissingWeightsError` naming the file, the folder it must go in and `m
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Optional
 
-from mp_lightning.errors import MissingWeightsError
+from mp_lightning.errors import MissingWeightsError, UserFacingError
 
 
 def torch_home() -> Path:
@@ -78,3 +83,65 @@ def require(name: str) -> Path:
         f"`mp-lightning weights` lists every file and whether it is present. "
         f"For tests and smoke runs set the component's `pretrained: false`."
     )
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (the VGG files are 0.5 GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(name: str, path: Optional[Path] = None) -> Optional[bool]:
+    """Whether the file's sha256 starts with the hash prefix in its name (torchvision's rule).
+
+    None when the file has no such prefix (nothing to check against) or does not exist.
+    """
+    w = WEIGHTS[name]
+    path = Path(path) if path is not None else w.path
+    if not w.sha256_prefix or not path.is_file():
+        return None
+    return sha256(path).startswith(w.sha256_prefix)
+
+
+def download(name: str, timeout: float = 30.0, progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Fetch pretrained file `name` to its expected path (atomic: temp file, hash check, rename).
+
+    Raises `UserFacingError` when the machine is offline or the hash does not match.
+    `progress(bytes_done, bytes_total)` is called after each chunk (total 0 when unknown).
+    """
+    w = WEIGHTS[name]
+    w.path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=w.filename + ".", suffix=".part", dir=w.path.parent)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(w.url, timeout=timeout) as response:
+                total = int(response.headers.get("Content-Length") or 0)
+                done = 0
+                while True:
+                    block = response.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserFacingError(
+                f"cannot download '{w.name}' from {w.url}: {reason}. Without internet, copy {w.filename} "
+                f"from another machine to {w.path}"
+            ) from err
+        if w.sha256_prefix and not sha256(tmp).startswith(w.sha256_prefix):
+            raise UserFacingError(
+                f"downloaded '{w.name}' from {w.url} but its sha256 does not start with {w.sha256_prefix} "
+                f"(the hash in its file name): corrupted or changed upstream; nothing was written to {w.path}"
+            )
+        shutil.move(str(tmp), str(w.path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return w.path
