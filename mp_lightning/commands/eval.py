@@ -1,0 +1,21 @@
+NAME = "eval"
+HELP = "Evaluate a checkpoint on the test split (self-reenactment and cross-identity): mp-lightning eval EXP.yaml ckpt_path=X.ckpt [key=value ...]"
+
+
+def add_arguments(parser):
+    parser.add_argument("experiment", help="experiment YAML file (data and metrics settings)")
+    parser.add_argument("overrides", nargs="*", help="overlay YAML files and key=value overrides; ckpt_path=X.ckpt is required")
+    parser.add_argument("--sets", default="self,cross", help="evaluation sets, comma separated: self, cross")
+
+
+def run(args) -> int:
+    from mp_lightning.config.compose import compose, split_cli_args
+    from mp_lightning.training import run_evaluation
+
+    overlays, overrides = split_cli_args(args.overrides)
+    cfg = compose(args.experiment, overrides, overlays)
+    result = run_evaluation(cfg, sets=tuple(s for s in args.sets.split(",") if s))
+    for key, value in result["metrics"].items():
+        print(f"{key:32s} {value:.4f}")
+    print(f"wrote {result['eval_dir']}/metrics.json and metrics.md")
+    return 0

@@ -1,0 +1,153 @@
+"""What every stage shares: its config, checkpoint loading, and the forward/validation contract.
+
+A stage's `forward(batch)` takes the DataModule's batch dict and returns a dict with at least
+`prediction` (B, 3, H, W) in [0, 1]. Validation and test steps return that dict (detached) so that the
+metric and media callbacks can use it for any stage or baseline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mp_lightning.errors import CheckpointError
+
+
+class Stage(L.LightningModule):
+    Config: type = None  # the dataclass that types this stage's `model:` section
+
+    @classmethod
+    def model_schema(cls, raw_model: DictConfig | None = None) -> DictConfig:
+        return OmegaConf.structured(cls.Config)
+
+    @classmethod
+    def typed_model_config(cls, model: dict) -> Any:
+        """The `model:` section as a dataclass instance (defaults filled in)."""
+        return OmegaConf.to_object(OmegaConf.merge(cls.model_schema(OmegaConf.create(model)), model))
+
+    def __init__(self, config: dict, landmark_spec: dict | None = None):
+        super().__init__()
+        # the whole experiment goes into the checkpoint, so `load_stage` can rebuild any stage
+        self.save_hyperparameters({"config": config, "landmark_spec": landmark_spec})
+        self.experiment_config = config
+        self.hp = self.typed_model_config(config.get("model") or {})
+
+    # --- contract -----------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = self(batch)
+        target = batch.get("driving")
+        if target is not None and "prediction" in out and not batch.get("cross_identity", False):
+            self.log("val/l1", (out["prediction"] - target).abs().mean(), prog_bar=True, sync_dist=True,
+                     batch_size=target.shape[0], add_dataloader_idx=False)
+        return _detach(out)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return _detach(self(batch))
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return _detach(self(batch))
+
+    # --- helpers ------------------------------------------------------------------------------
+    def log_losses(self, losses: dict[str, torch.Tensor], prefix: str = "train", batch_size: int | None = None):
+        for name, value in losses.items():
+            self.log(f"{prefix}/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size)
+
+
+def _detach(out: dict) -> dict:
+    return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+
+
+def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_mode: bool = True) -> Stage:
+    """The LightningModule stored in one of our checkpoints, rebuilt from its saved config."""
+    from mp_lightning.stages import stage_class
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    hp = ckpt.get("hyper_parameters") or {}
+    if "config" not in hp:
+        raise CheckpointError(
+            f"{path} is not an mp-lightning checkpoint (no saved experiment config); "
+            f"official checkpoints are converted with `mp-lightning import-checkpoint`"
+        )
+    cls = stage_class(hp["config"]["stage"])
+    module = cls(config=hp["config"], landmark_spec=hp.get("landmark_spec"))
+    load_state_dict_checked(module, ckpt["state_dict"], source=str(path))
+    module.to(map_location)
+    return module.eval() if eval_mode else module
+
+
+def load_state_dict_checked(module: torch.nn.Module, state: dict, source: str, strict: bool = True) -> None:
+    """`load_state_dict` whose error names every missing, unexpected and mis-shaped key."""
+    own = module.state_dict()
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and torch.is_tensor(v) and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:10]))
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys: " + ", ".join(missing[:10]))
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: " + ", ".join(unexpected[:10]))
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + " | ".join(problems))
+    module.load_state_dict(state, strict=strict)
+
+
+def save_stage_checkpoint(module: Stage, path: str | Path, **extra: Any) -> Path:
+    """A weights-and-config checkpoint that `load_stage` and `model.init_from` read (no optimizer state)."""
+    import lightning
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            "epoch": 0,
+            "global_step": 0,
+            "mp_lightning": extra,
+        },
+        path,
+    )
+    return path
+
+
+def load_init_weights(module: torch.nn.Module, path: str | Path, prefixes: tuple[str, ...] = (), strict: bool = False) -> list[str]:
+    """Copy the weights of `path` (any mp-lightning checkpoint) whose names start with `prefixes` into `module`.
+
+    Stage 2 starts from a stage-1 checkpoint this way (`model.init_from=...`): only the warping
+    network's keys are taken, as the official code copies only `ladder_network` / `dense_motion_network`.
+    Returns the keys that were loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.init_from: checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    own = module.state_dict()
+    chosen = {k: v for k, v in state.items() if k in own and (not prefixes or k.startswith(prefixes))}
+    if not chosen:
+        raise CheckpointError(f"model.init_from: {path} has no weights for {prefixes or 'this stage'}")
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in chosen.items() if v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"model.init_from: {path} has shapes that do not fit: " + "; ".join(bad[:10]))
+    if strict:
+        missing = [k for k in own if (not prefixes or k.startswith(prefixes)) and k not in chosen]
+        if missing:
+            raise CheckpointError(f"model.init_from: {path} lacks {len(missing)} keys, e.g. {missing[:5]}")
+    module.load_state_dict(chosen, strict=False)
+    return sorted(chosen)

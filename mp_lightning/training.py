@@ -1,0 +1,293 @@
+"""Build the pieces of a run from a validated experiment config and run it.
+
+`mp-lightning train/eval/quickstart`, sweeps and ablations all go through `run_training` and
+`run_evaluation`, so every stage and baseline is launched, logged and checkpointed the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mp_lightning.errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.run_dir)
+
+
+def is_rank_zero() -> bool:
+    # before the Trainer exists, the launcher's environment says which process this is
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(
+        os.environ.get("NODE_RANK", "0")
+    ) == 0
+
+
+def prepare_run_dir(cfg: DictConfig) -> Path:
+    """Create the run directory, save the resolved config there, and keep W&B's files inside it."""
+    run_dir = run_dir_of(cfg)
+    (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    if is_rank_zero():
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    wandb_dir = (run_dir / "wandb_cache").resolve()
+    # wandb otherwise writes into ~/.cache/wandb and ~/.local/share/wandb even when offline
+    os.environ.setdefault("WANDB_DIR", str(run_dir.resolve()))
+    os.environ["WANDB_DIR"] = str(run_dir.resolve())
+    os.environ["WANDB_CACHE_DIR"] = str(wandb_dir / "cache")
+    os.environ["WANDB_CONFIG_DIR"] = str(wandb_dir / "config")
+    os.environ["WANDB_DATA_DIR"] = str(wandb_dir / "data")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return run_dir
+
+
+def data_config_object(cfg: DictConfig):
+    return OmegaConf.to_object(cfg.data)
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path | None = None, **overrides: Any):
+    from datamodules import VoxCelebDataModule
+
+    data_cfg = data_config_object(cfg)
+    for key, value in overrides.items():
+        setattr(data_cfg, key, value)
+    return VoxCelebDataModule(data_cfg, report_dir=str(run_dir) if run_dir else None)
+
+
+def build_stage(cfg: DictConfig, datamodule=None):
+    from mp_lightning.stages import stage_class
+
+    spec = getattr(datamodule, "landmark_spec_dict", None) if datamodule is not None else None
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return stage_class(cfg.stage)(config=container, landmark_spec=spec)
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id saved beside the checkpoints, so a resumed run continues the same W&B run."""
+    path = run_dir / CHECKPOINT_DIR / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    if is_rank_zero():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_logger(cfg: DictConfig, run_dir: Path):
+    kind = cfg.logger.type
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    if kind != "wandb":
+        raise ConfigError(f"config key 'logger.type': unknown logger '{kind}' (wandb | csv | none)")
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(
+        name=cfg.name,
+        save_dir=str(run_dir),
+        id=wandb_run_id(run_dir),
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        tags=list(cfg.logger.tags),
+        offline=cfg.logger.mode == "offline",
+        mode=cfg.logger.mode,
+        log_model=cfg.logger.log_model,
+    )
+    return logger
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    ck = cfg.callbacks.checkpoint
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / CHECKPOINT_DIR),
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            save_last=ck.save_last,
+            save_top_k=ck.save_top_k if ck.monitor else 1,
+            monitor=ck.monitor,
+            mode=ck.mode,
+            every_n_train_steps=ck.every_n_train_steps,
+            every_n_epochs=ck.every_n_epochs if not ck.every_n_train_steps else None,
+        )
+    ]
+    if cfg.callbacks.lr_monitor and cfg.logger.type != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.callbacks.metrics:
+        from callbacks.evaluation import MetricsCallback
+
+        callbacks.append(MetricsCallback(OmegaConf.to_object(cfg.metrics)))
+    if cfg.callbacks.media.enabled and cfg.logger.type != "none":
+        from callbacks.media import MediaCallback
+
+        callbacks.append(MediaCallback(**OmegaConf.to_container(cfg.callbacks.media)))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger=None, callbacks=None):
+    import lightning as L
+
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        logger=logger if logger is not None else False,
+        callbacks=callbacks or [],
+        **kwargs,
+    )
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(cfg.resume).is_file():
+        raise ConfigError(f"config key 'resume': checkpoint not found: {cfg.resume}")
+    return cfg.resume
+
+
+def run_training(cfg: DictConfig) -> dict:
+    """Train `cfg.stage` on `cfg.data`; resumes from the run's last checkpoint when there is one."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = prepare_run_dir(cfg)
+    datamodule = build_datamodule(cfg, run_dir)
+    stage = build_stage(cfg, datamodule)
+    logger = build_logger(cfg, run_dir)
+    if logger:
+        _log_hyperparameters(logger, cfg, stage)
+    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir))
+    ckpt = resume_checkpoint(cfg, run_dir)
+    if ckpt and trainer.is_global_zero:
+        print(f"resuming from {ckpt}")
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt)
+    result = {
+        "run_dir": str(run_dir),
+        "last_checkpoint": str(run_dir / CHECKPOINT_DIR / "last.ckpt"),
+        "global_step": trainer.global_step,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+    }
+    if trainer.is_global_zero:
+        (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
+    _finish_logger(logger)
+    return result
+
+
+def _log_hyperparameters(logger, cfg: DictConfig, stage) -> None:
+    params = {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in stage.named_children()
+        if any(True for _ in module.parameters())
+    }
+    hp = OmegaConf.to_container(cfg, resolve=True)
+    hp["parameter_counts"] = params
+    logger.log_hyperparams(hp)
+
+
+def _finish_logger(logger) -> None:
+    # always finish, so that one crashed run does not poison the next one in a sweep
+    if logger and hasattr(logger, "experiment") and cfg_is_wandb(logger):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def cfg_is_wandb(logger) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
+class EvaluationSets:
+    """The test split seen twice: self-reenactment pairs and cross-identity pairs, as two dataloaders."""
+
+    test_set_names = ("self", "cross")
+
+    def __init__(self, cfg: DictConfig, report_dir: Path | None, sets=("self", "cross")):
+        self.modules = {}
+        for name in sets:
+            mode = "pairs" if name == "self" else "cross_identity"
+            self.modules[name] = build_datamodule(cfg, report_dir, mode=mode)
+        self.test_set_names = tuple(sets)
+
+    @property
+    def landmark_spec_dict(self):
+        return next(iter(self.modules.values())).landmark_spec_dict
+
+    def dataloaders(self):
+        loaders = []
+        for dm in self.modules.values():
+            dm.setup("test")
+            loaders.append(dm.test_dataloader())
+        return loaders
+
+
+def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
+    """Test `cfg.ckpt_path` on the test split (self-reenactment and cross-identity); writes metrics.json."""
+    import lightning as L
+
+    from callbacks.evaluation import MetricsCallback
+    from mp_lightning.stages.base import load_stage
+
+    if not cfg.ckpt_path:
+        raise ConfigError("`mp-lightning eval` needs ckpt_path=PATH.ckpt")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = prepare_run_dir(cfg)
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    stage = load_stage(cfg.ckpt_path)
+    data = EvaluationSets(cfg, eval_dir, sets)
+    metrics_cb = MetricsCallback(OmegaConf.to_object(cfg.metrics))
+    logger = build_logger(cfg, run_dir) if cfg.logger.type != "none" else False
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir), logger=logger, callbacks=[metrics_cb],
+        accelerator=trainer_cfg["accelerator"], devices=trainer_cfg["devices"], num_nodes=trainer_cfg["num_nodes"],
+        strategy=trainer_cfg["strategy"], precision=trainer_cfg["precision"],
+        limit_test_batches=trainer_cfg["limit_test_batches"], enable_progress_bar=trainer_cfg["enable_progress_bar"],
+    )
+    metrics_cb.set_names = {"test": data.test_set_names}
+    trainer.test(stage, dataloaders=data.dataloaders())
+    results = dict(sorted(metrics_cb.last_results.items()))
+    if trainer.is_global_zero:
+        (eval_dir / "metrics.json").write_text(json.dumps(
+            {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}, indent=2))
+        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
+        if logger and cfg_is_wandb(logger):
+            import wandb
+
+            logger.experiment.log({"test/metrics_table": wandb.Table(
+                columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
+    _finish_logger(logger)
+    return {"eval_dir": str(eval_dir), "metrics": results}
+
+
+def metrics_markdown(results: dict, title: str = "") -> str:
+    """Metrics as a markdown table: one row per metric, a column per evaluation set."""
+    rows: dict[str, dict[str, float]] = {}
+    sets: list[str] = []
+    for key, value in results.items():
+        parts = key.split("/")
+        set_name = parts[1] if len(parts) == 3 else "self"
+        if set_name not in sets:
+            sets.append(set_name)
+        rows.setdefault(parts[-1], {})[set_name] = value
+    lines = [f"# {title}" if title else "", "", "| metric | " + " | ".join(sets) + " |",
+             "|---|" + "---|" * len(sets)]
+    for metric, vals in rows.items():
+        lines.append(f"| {metric} | " + " | ".join(f"{vals[s]:.4f}" if s in vals else "" for s in sets) + " |")
+    return "\n".join(lines).lstrip() + "\n"

@@ -1,0 +1,55 @@
+"""Writing mp4 files with PyAV (torchvision.io has no video API any more)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8_frames(frames) -> np.ndarray:
+    """(T, 3, H, W) float in [0, 1] (tensor or array) or (T, H, W, 3) uint8 -> (T, H, W, 3) uint8."""
+    if torch.is_tensor(frames):
+        frames = frames.detach().float().cpu()
+        if frames.ndim == 4 and frames.shape[1] == 3:
+            frames = frames.permute(0, 2, 3, 1)
+        return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        if frames.ndim == 4 and frames.shape[1] == 3:
+            frames = frames.transpose(0, 2, 3, 1)
+        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+    return frames
+
+
+def write_video(path: str | Path, frames, fps: int = 25, crf: int = 18, gop: int = 10) -> Path:
+    """Write H.264 mp4 (yuv420p). A short GOP and no B-frames keep random access cheap for training."""
+    import av
+
+    frames = to_uint8_frames(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frames = frames[:, : h - h % 2, : w - w % 2]
+        h, w = frames.shape[1:3]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "g": str(gop), "bf": "0"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """All frames of a video as (T, H, W, 3) uint8 (for tools and tests; training reads with decord)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
