@@ -1,0 +1,38 @@
+"""Typed configuration of the VoxCeleb-style DataModule (embedded as ``data:`` in the root config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+MODES = ("pairs", "windows", "identity_tasks", "cross_identity")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"  # dataset root holding {train,test}/ and landmarks.json
+    image_size: int = 256  # frames of another size are resized (area interpolation) to this square size
+    mode: str = "pairs"  # one of "pairs", "windows", "identity_tasks", "cross_identity"
+    batch_size: int = 4  # per device (per DDP process)
+    val_batch_size: Optional[int] = None  # validation/test batch size; None = batch_size
+    num_workers: int = 2  # DataLoader worker processes per device; each opens its own video readers
+    pin_memory: bool = False  # pin host memory (worth it only when training on a GPU)
+    persistent_workers: bool = False  # keep workers (and their open readers) alive across epochs
+    prefetch_factor: int = 2  # batches prefetched per worker (ignored when num_workers == 0)
+    window_length: int = 3  # T: consecutive frames per sample in mode "windows"
+    support_frames: int = 4  # S: support driving frames per identity task (mode "identity_tasks")
+    query_frames: int = 4  # Q: query driving frames per identity task (mode "identity_tasks")
+    max_frame_distance: Optional[int] = None  # pairs: largest |source - driving| frame gap; None = any
+    augment_flip: bool = True  # training only: horizontal flip with p=0.5, landmarks re-indexed
+    samples_per_epoch: Optional[int] = None  # training samples per epoch; None = one per clip (one per identity for identity_tasks)
+    val_samples_per_clip: int = 1  # fixed validation/test samples drawn from each clip (each identity for identity_tasks)
+    val_max_samples: Optional[int] = None  # cap on validation/test samples (the first ones, deterministic)
+    eval_seed: int = 0  # seed of the deterministic validation/test samples
+    train_split: str = "train"  # sub-folder of root used for training
+    val_split: str = "test"  # sub-folder used for validation (VoxCeleb has no separate val split)
+    test_split: str = "test"  # sub-folder used for test / evaluation
+    strict: bool = False  # any bad clip found by the setup scan raises DataError instead of being left out
+    use_landmarks: bool = True  # read <clip>.landmarks.npy (a clip without one is bad); False = no landmark keys
+    landmark_margin: float = 0.25  # landmarks may lie this far outside [0, 1] (faces at the frame edge)
+    reader_cache_size: int = 8  # open video readers kept per process (LRU)
+    decode_threads: int = 1  # decord threads per reader; 1 is as fast for short-GOP random access
+    max_decode_retries: int = 10  # sample-time decode failures tolerated in a row before raising

@@ -1,0 +1,493 @@
+"""`VoxCelebDataModule`: VoxCeleb-style talking-head clips in four sampling modes.
+
+Batch keys (images float32 ``(.., 3, H, W)`` in [0, 1]; landmarks float32 ``(.., K, 2)`` in
+[0, 1], x right, y down, ``x = (column + 0.5) / W``; the landmark keys are absent when
+``use_landmarks`` is false):
+
+``pairs`` and ``cross_identity``
+    source, driving (B, 3, H, W); source_landmarks, driving_landmarks (B, K, 2);
+    source_index, driving_index (B,) long frame indices; clip, identity (list[str], the
+    source's); cross_identity adds driving_clip, driving_identity (list[str]).
+``windows``
+    frames (B, T, 3, H, W); frames_landmarks (B, T, K, 2); frame_indices (B, T) long; clip,
+    identity; and source = frames[:, 0], driving = frames[:, -1] with their landmarks and
+    indices, as in ``pairs``.
+``identity_tasks`` (one item = one person)
+    source (B, 3, H, W), source_landmarks (B, K, 2), source_index (B,);
+    support_driving (B, S, 3, H, W), support_driving_landmarks (B, S, K, 2),
+    support_driving_index (B, S); query_driving / query_driving_landmarks / query_driving_index
+    likewise with Q; identity, clip (the source's). :func:`task_pairs` turns one task into a
+    ``pairs`` batch.
+
+Every mode adds ``source_identity`` (B, D) when every clip of the split has a
+``<clip>.identity.npy``.
+
+Training samples are random (a fresh stream per worker, per rank and per epoch); validation and
+test sample ``i`` is drawn from a generator seeded by ``(eval_seed, i)``, so it is the same every
+epoch, in every worker and on every rank.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import lightning as L
+
+from datamodules.clips import ClipInfo, FrameReader, SplitScan, load_landmark_spec, report_dict, scan_split, write_report
+from datamodules.config import MODES, DataConfig
+from mp_lightning.errors import DataError
+
+
+def min_frames_for(config: DataConfig) -> int:
+    """Frames a clip needs so that one sample of ``config.mode`` can be drawn from it."""
+    if config.mode == "windows":
+        return config.window_length
+    return 2
+
+
+class ClipSampleDataset(Dataset):
+    """Samples of one split in one mode; see the module docstring for the item keys."""
+
+    def __init__(
+        self,
+        clips: list[ClipInfo],
+        config: DataConfig,
+        train: bool,
+        flip_permutation: list[int] | None = None,
+        failure_log: str | None = None,
+        split: str = "",
+    ):
+        self.clips = clips
+        self.config = config
+        self.train = train
+        self.mode = config.mode
+        self.flip_permutation = None if flip_permutation is None else np.asarray(flip_permutation)
+        self.failure_log = failure_log
+        self.reader = FrameReader(config.reader_cache_size, config.decode_threads)
+        self.rank = 0  # set by the DataModule so DDP ranks draw different training streams
+        self.epoch_seed = 0  # bumped by the DataModule each epoch (persistent workers keep their stream)
+        self.with_identity = bool(clips) and all(c.identity_path for c in clips)
+        self._identities: dict[str, list[int]] = {}
+        for i, c in enumerate(clips):
+            self._identities.setdefault(c.identity, []).append(i)
+        self.identity_names = sorted(self._identities)
+        if self.mode == "cross_identity" and len(self.identity_names) < 2:
+            raise DataError(
+                f"mode 'cross_identity' needs clips of at least 2 identities in split '{split}', found"
+                f" {len(self.identity_names)} ({self.identity_names})"
+            )
+        self.failures: dict[str, str] = {}  # clip name -> reason, for this process
+        self._rng: np.random.Generator | None = None
+        self._rng_key = None
+
+    # ------------------------------------------------------------------ lengths and randomness
+    def _units(self) -> int:
+        return len(self.identity_names) if self.mode == "identity_tasks" else len(self.clips)
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.config.samples_per_epoch or self._units()
+        n = self._units() * self.config.val_samples_per_clip
+        return min(n, self.config.val_max_samples) if self.config.val_max_samples else n
+
+    def _train_rng(self) -> np.random.Generator:
+        # torch seeds every DataLoader worker with base_seed + worker_id, base_seed fresh each
+        # epoch; in the main process (num_workers=0) the generator simply keeps running.
+        info = torch.utils.data.get_worker_info()
+        key = (os.getpid(), info.seed if info is not None else torch.initial_seed(), self.rank, self.epoch_seed)
+        if self._rng is None or self._rng_key != key:
+            self._rng = np.random.default_rng(np.random.SeedSequence([k % (2**63) for k in key[1:]]))
+            self._rng_key = key
+        return self._rng
+
+    def _sample_rng(self, index: int) -> np.random.Generator:
+        if self.train:
+            return self._train_rng()
+        return np.random.default_rng(np.random.SeedSequence([self.config.eval_seed, index]))
+
+    # ------------------------------------------------------------------ reading
+    def _load(self, clip: ClipInfo, indices) -> tuple[torch.Tensor, torch.Tensor | None]:
+        frames = self.reader.read(clip, indices)
+        size = self.config.image_size
+        if frames.shape[1] != size or frames.shape[2] != size:
+            import cv2
+
+            interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
+            frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+        lms = None
+        if clip.landmarks_path is not None:
+            arr = np.load(clip.landmarks_path, mmap_mode="r")
+            lms = torch.from_numpy(np.asarray(arr[np.asarray(indices, dtype=np.int64)], dtype=np.float32).copy())
+        return images, lms
+
+    def _record_failure(self, clip: ClipInfo, err: Exception) -> None:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        self.failures[clip.name] = reason
+        if clip.kind == "video":
+            self.reader.drop(clip.path)
+        warnings.warn(f"skipping clip {clip.name}: it failed to decode ({reason})", RuntimeWarning, stacklevel=3)
+        if self.failure_log:
+            line = json.dumps({"clip": clip.name, "reason": reason, "pid": os.getpid(), "time": time.time()})
+            with open(self.failure_log, "a") as fh:  # one short append per failure: safe across workers
+                fh.write(line + "\n")
+
+    # ------------------------------------------------------------------ items
+    def __getitem__(self, index: int) -> dict:
+        rng = self._sample_rng(index)
+        unit = index % self._units() if self.train else index // self.config.val_samples_per_clip
+        for _attempt in range(self.config.max_decode_retries + 1):
+            try:
+                item = self._make_item(unit, rng)
+            except _ClipFailed as failed:
+                self._record_failure(failed.clip, failed.error)
+                unit = int(rng.integers(self._units()))
+                continue
+            if self.train and self.config.augment_flip and rng.random() < 0.5:
+                item = self._flip(item)
+            return item
+        raise DataError(
+            f"{self.config.max_decode_retries + 1} clips in a row failed to decode (last: {sorted(self.failures)[-1:]}); "
+            "the data root looks broken"
+        )
+
+    def _usable(self, clip_index: int) -> bool:
+        return self.clips[clip_index].name not in self.failures
+
+    def _read(self, clip: ClipInfo, indices):
+        if clip.name in self.failures:
+            raise _ClipFailed(clip, RuntimeError(self.failures[clip.name]))
+        try:
+            return self._load(clip, indices)
+        except Exception as err:  # noqa: BLE001 - a bad file must not end a long run
+            raise _ClipFailed(clip, err) from err
+
+    def _identity_vector(self, clip: ClipInfo) -> torch.Tensor:
+        return torch.from_numpy(np.load(clip.identity_path).astype(np.float32).reshape(-1))
+
+    def _put(self, item: dict, prefix: str, images, lms, indices) -> None:
+        item[prefix] = images
+        if lms is not None:
+            item[f"{prefix}_landmarks"] = lms
+        item[f"{prefix}_index"] = torch.as_tensor(indices, dtype=torch.long)
+
+    def _pick_clip(self, unit: int, rng: np.random.Generator) -> int:
+        if self._usable(unit):
+            return unit
+        return int(rng.integers(len(self.clips)))  # fails again (and is retried) if also bad
+
+    def _make_item(self, unit: int, rng: np.random.Generator) -> dict:
+        cfg = self.config
+        if self.mode == "identity_tasks":
+            return self._task_item(unit, rng)
+        clip = self.clips[self._pick_clip(unit, rng)]
+        n = clip.num_frames
+        item: dict = {"clip": clip.name, "identity": clip.identity}
+        if self.mode == "windows":
+            t = cfg.window_length
+            start = int(rng.integers(0, n - t + 1))
+            idx = list(range(start, start + t))
+            images, lms = self._read(clip, idx)
+            item["frames"] = images
+            item["frame_indices"] = torch.as_tensor(idx, dtype=torch.long)
+            self._put(item, "source", images[0], None if lms is None else lms[0], idx[0])
+            self._put(item, "driving", images[-1], None if lms is None else lms[-1], idx[-1])
+            if lms is not None:
+                item["frames_landmarks"] = lms
+        elif self.mode == "pairs":
+            if cfg.max_frame_distance is not None and cfg.max_frame_distance < n - 1:
+                d = max(1, cfg.max_frame_distance)
+                s = int(rng.integers(n))
+                lo, hi = max(0, s - d), min(n - 1, s + d)
+                t = int(rng.integers(lo, hi))  # hi - lo >= 1 since n >= 2
+                t = t + 1 if t >= s else t
+                idx = [s, t]
+            else:
+                idx = [int(i) for i in rng.choice(n, 2, replace=False)]
+            images, lms = self._read(clip, idx)
+            self._put(item, "source", images[0], None if lms is None else lms[0], idx[0])
+            self._put(item, "driving", images[1], None if lms is None else lms[1], idx[1])
+        else:  # cross_identity
+            others = [name for name in self.identity_names if name != clip.identity]
+            other = others[int(rng.integers(len(others)))]
+            pool = self._identities[other]
+            dclip = self.clips[pool[int(rng.integers(len(pool)))]]
+            s, t = int(rng.integers(n)), int(rng.integers(dclip.num_frames))
+            simg, slm = self._read(clip, [s])
+            dimg, dlm = self._read(dclip, [t])
+            self._put(item, "source", simg[0], None if slm is None else slm[0], s)
+            self._put(item, "driving", dimg[0], None if dlm is None else dlm[0], t)
+            item["driving_clip"] = dclip.name
+            item["driving_identity"] = dclip.identity
+        if self.with_identity:
+            item["source_identity"] = self._identity_vector(clip)
+        return item
+
+    def _task_item(self, unit: int, rng: np.random.Generator) -> dict:
+        cfg = self.config
+        name = self.identity_names[unit % len(self.identity_names)]
+        pool = [i for i in self._identities[name] if self._usable(i)] or self._identities[name]
+        source_clip = pool[int(rng.integers(len(pool)))]
+        source_frame = int(rng.integers(self.clips[source_clip].num_frames))
+        need = cfg.support_frames + cfg.query_frames
+        capacity = sum(self.clips[i].num_frames for i in pool) - 1
+        chosen: list[tuple[int, int]] = []
+        taken = {(source_clip, source_frame)}
+        tries = 0
+        while len(chosen) < need:
+            c = pool[int(rng.integers(len(pool)))]
+            f = int(rng.integers(self.clips[c].num_frames))
+            tries += 1
+            # without replacement while the identity has enough frames
+            if (c, f) in taken and capacity >= need and tries < 50 * need:
+                continue
+            taken.add((c, f))
+            chosen.append((c, f))
+        # one decode call per clip
+        by_clip: dict[int, list[int]] = {source_clip: [source_frame]}
+        for c, f in chosen:
+            by_clip.setdefault(c, []).append(f)
+        loaded = {c: self._read(self.clips[c], frames) for c, frames in by_clip.items()}
+        cursor = {c: 0 for c in by_clip}
+
+        def take(c):
+            images, lms = loaded[c]
+            k = cursor[c]
+            cursor[c] += 1
+            return images[k], None if lms is None else lms[k]
+
+        src_img, src_lm = take(source_clip)
+        clip = self.clips[source_clip]
+        item: dict = {"clip": clip.name, "identity": clip.identity}
+        self._put(item, "source", src_img, src_lm, source_frame)
+        for prefix, part in (("support_driving", chosen[: cfg.support_frames]), ("query_driving", chosen[cfg.support_frames :])):
+            got = [take(c) for c, _ in part]
+            lm = None if src_lm is None else torch.stack([g[1] for g in got])
+            self._put(item, prefix, torch.stack([g[0] for g in got]), lm, [f for _, f in part])
+        if self.with_identity:
+            item["source_identity"] = self._identity_vector(clip)
+        return item
+
+    def _flip(self, item: dict) -> dict:
+        """Mirror every image left-right; landmarks x -> 1 - x and re-indexed to their mirror partners."""
+        for key, value in list(item.items()):
+            if not isinstance(value, torch.Tensor):
+                continue
+            if key.endswith("_landmarks"):
+                flipped = value.clone()
+                flipped[..., 0] = 1.0 - flipped[..., 0]
+                if self.flip_permutation is not None:
+                    flipped = flipped[..., torch.as_tensor(self.flip_permutation), :]
+                item[key] = flipped
+            elif value.dim() >= 3 and value.shape[-3] == 3:
+                item[key] = value.flip(-1)
+        return item
+
+
+class _ClipFailed(Exception):
+    def __init__(self, clip: ClipInfo, error: Exception):
+        super().__init__(clip.name)
+        self.clip = clip
+        self.error = error
+
+
+def task_pairs(batch: dict, task_index: int, split: str) -> dict:
+    """One task of an ``identity_tasks`` batch as a ``pairs`` batch.
+
+    The task's source is repeated against its ``split`` ("support" or "query") driving frames:
+    source, driving (N, 3, H, W); source_landmarks, driving_landmarks (N, K, 2); source_index,
+    driving_index (N,); clip, identity (list[str] of length N); source_identity (N, D) if present.
+    """
+    if split not in ("support", "query"):
+        raise ValueError(f"split must be 'support' or 'query', got {split!r}")
+    driving = batch[f"{split}_driving"][task_index]
+    n = driving.shape[0]
+    out = {
+        "source": batch["source"][task_index].unsqueeze(0).repeat(n, 1, 1, 1),
+        "driving": driving,
+        "source_index": batch["source_index"][task_index].repeat(n),
+        "driving_index": batch[f"{split}_driving_index"][task_index],
+        "clip": [batch["clip"][task_index]] * n,
+        "identity": [batch["identity"][task_index]] * n,
+    }
+    if "source_landmarks" in batch:
+        out["source_landmarks"] = batch["source_landmarks"][task_index].unsqueeze(0).repeat(n, 1, 1)
+        out["driving_landmarks"] = batch[f"{split}_driving_landmarks"][task_index]
+    if "source_identity" in batch:
+        out["source_identity"] = batch["source_identity"][task_index].unsqueeze(0).repeat(n, 1)
+    return out
+
+
+def _as_config(config) -> DataConfig:
+    if isinstance(config, DataConfig):
+        return config
+    try:  # an OmegaConf DictConfig (structured or not)
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            obj = OmegaConf.to_object(config)
+            if isinstance(obj, DataConfig):
+                return obj
+            config = obj
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(config, Mapping):
+        known = {f.name for f in dataclasses.fields(DataConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise DataError(f"unknown data config key(s) {unknown}; valid keys: {sorted(known)}")
+        return DataConfig(**config)
+    raise TypeError(f"expected a DataConfig, got {type(config).__name__}")
+
+
+class VoxCelebDataModule(L.LightningDataModule):
+    """VoxCeleb-style clips (mp4 read with decord, or PNG frame folders) with landmarks.
+
+    ``setup`` scans the needed splits (every clip opened and checked cheaply), leaves bad clips
+    out with a reason, and writes ``data_report.json`` into ``report_dir`` when given.
+    """
+
+    def __init__(self, config: DataConfig | Mapping, report_dir: str | os.PathLike | None = None):
+        super().__init__()
+        self.config = _as_config(config)
+        cfg = self.config
+        if cfg.mode not in MODES:
+            raise DataError(f"data.mode must be one of {list(MODES)}, got {cfg.mode!r}")
+        if cfg.mode == "windows" and cfg.window_length < 1:
+            raise DataError("data.window_length must be >= 1")
+        if cfg.mode == "identity_tasks" and (cfg.support_frames < 1 or cfg.query_frames < 1):
+            raise DataError("data.support_frames and data.query_frames must be >= 1")
+        if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.val_samples_per_clip < 1:
+            raise DataError("data.batch_size, data.image_size (>= 8) and data.val_samples_per_clip must be positive")
+        self.report_dir = None if report_dir is None else str(report_dir)
+        self._spec = load_landmark_spec(cfg.root) if Path(cfg.root).is_dir() else None
+        self.scans: dict[str, SplitScan] = {}
+        self.train_dataset: ClipSampleDataset | None = None
+        self.val_dataset: ClipSampleDataset | None = None
+        self.test_dataset: ClipSampleDataset | None = None
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def landmark_spec_dict(self) -> dict | None:
+        """The parsed ``ROOT/landmarks.json`` (or None): the lead builds the line drawer from it."""
+        return self._spec
+
+    @property
+    def num_points(self) -> int | None:
+        if self._spec and "num_points" in self._spec:
+            return int(self._spec["num_points"])
+        for scan in self.scans.values():
+            for clip in scan.clips:
+                if clip.landmarks_path:
+                    return int(np.load(clip.landmarks_path, mmap_mode="r").shape[1])
+        return None
+
+    @property
+    def report_path(self) -> Path | None:
+        return None if self.report_dir is None else Path(self.report_dir) / "data_report.json"
+
+    # ------------------------------------------------------------------ setup
+    def _scan(self, split: str) -> SplitScan:
+        if split in self.scans:
+            return self.scans[split]
+        cfg = self.config
+        num_points = None
+        if self._spec and "num_points" in self._spec:
+            num_points = int(self._spec["num_points"])
+        elif self._spec and self._spec.get("preset") == "official669":
+            num_points = 669
+        scan = scan_split(cfg.root, split, min_frames_for(cfg), cfg.use_landmarks, num_points, cfg.landmark_margin)
+        self.scans[split] = scan
+        self._write_report()
+        if scan.bad or scan.empty_identity_folders:
+            listed = "; ".join(f"{b['clip']}: {b['reason']}" for b in scan.bad[:10])
+            more = f" (and {len(scan.bad) - 10} more)" if len(scan.bad) > 10 else ""
+            empties = f"; empty identity folders: {scan.empty_identity_folders}" if scan.empty_identity_folders else ""
+            where = f" (see {self.report_path})" if self.report_path else ""
+            message = f"{len(scan.bad)} bad clip(s) in {scan.folder}{where}: {listed}{more}{empties}"
+            if cfg.strict:
+                raise DataError(f"data.strict is set and {message}")
+            warnings.warn(f"left out {message}", RuntimeWarning, stacklevel=2)
+        if not scan.clips:
+            raise DataError(
+                f"no usable clip in data root {cfg.root} split '{split}' ({scan.clips_found} found, {len(scan.bad)} bad"
+                + (f"; first: {scan.bad[0]['clip']}: {scan.bad[0]['reason']}" if scan.bad else "")
+                + ")"
+            )
+        return scan
+
+    def _write_report(self) -> None:
+        if self.report_dir is None:
+            return
+        report = report_dict(self.config.root, self.config.mode, min_frames_for(self.config), self.scans)
+        report["sample_time_failures_log"] = str(Path(self.report_dir) / "data_sample_failures.jsonl")
+        write_report(self.report_dir, report)
+
+    def _dataset(self, split: str, train: bool) -> ClipSampleDataset:
+        perm = (self._spec or {}).get("flip_permutation")
+        if train and self.config.augment_flip and self.config.use_landmarks and perm is None:
+            raise DataError(
+                f"data.augment_flip needs a flip_permutation in {Path(self.config.root) / 'landmarks.json'} to re-index"
+                " left/right landmarks; add one or set data.augment_flip=false"
+            )
+        log = None if self.report_dir is None else str(Path(self.report_dir) / "data_sample_failures.jsonl")
+        return ClipSampleDataset(self._scan(split).clips, self.config, train, perm, log, split)
+
+    def setup(self, stage: str | None = None) -> None:
+        cfg = self.config
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(cfg.train_split, train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._dataset(cfg.val_split, train=False)
+        if stage in (None, "test", "predict") and self.test_dataset is None:
+            self.test_dataset = self._dataset(cfg.test_split, train=False)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: ClipSampleDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        cfg = self.config
+        workers = cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=cfg.pin_memory,
+            persistent_workers=cfg.persistent_workers and workers > 0,
+            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+            drop_last=False,
+        )
+
+    def _rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.global_rank) if trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled; under DDP Lightning wraps it in a DistributedSampler so ranks get disjoint indices."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        self.train_dataset.rank = self._rank()
+        trainer = getattr(self, "trainer", None)
+        self.train_dataset.epoch_seed = int(trainer.current_epoch) if trainer is not None else 0
+        return self._loader(self.train_dataset, self.config.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._loader(self.val_dataset, self.config.val_batch_size or self.config.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            self.setup("test")
+        return self._loader(self.test_dataset, self.config.val_batch_size or self.config.batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
