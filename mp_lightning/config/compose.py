@@ -69,9 +69,10 @@ def _is_closed(schema_node) -> bool:
 
 
 def _check_keys(raw: DictConfig, schema: DictConfig, prefix: str = "") -> None:
+    schema_keys = set(schema.keys())  # `key in schema` is False for a MISSING field
     for key in raw.keys():
         full = f"{prefix}{key}"
-        if key not in schema:
+        if key not in schema_keys:
             if not _is_closed(schema):
                 continue
             valid = [str(k) for k in schema.keys()]

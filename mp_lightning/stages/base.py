@@ -53,6 +53,10 @@ class Stage(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return _detach(self(batch))
 
+    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
+        """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
+        return animate_with_pairs(self, source, driving, driving_landmarks, source_landmarks, **kwargs)
+
     # --- helpers ------------------------------------------------------------------------------
     def log_losses(self, losses: dict[str, torch.Tensor], prefix: str = "train", batch_size: int | None = None):
         for name, value in losses.items():
@@ -151,3 +155,36 @@ def load_init_weights(module: torch.nn.Module, path: str | Path, prefixes: tuple
             raise CheckpointError(f"model.init_from: {path} lacks {len(missing)} keys, e.g. {missing[:5]}")
     module.load_state_dict(chosen, strict=False)
     return sorted(chosen)
+
+
+def animate_with_pairs(stage: Stage, source: torch.Tensor, driving: torch.Tensor,
+                       driving_landmarks: torch.Tensor | None = None, source_landmarks: torch.Tensor | None = None,
+                       batch_size: int = 8, progress: bool = False, extra: dict | None = None) -> torch.Tensor:
+    """Animate one source with a driving sequence by running `stage(batch)` on (source, frame t) pairs.
+
+    source (3, H, W) or (1, 3, H, W) in [0, 1]; driving (T, 3, H, W) in [0, 1]; landmarks (T, K, 2) /
+    (K, 2) in [0, 1]. Returns predictions (T, 3, H, W) in [0, 1].
+    """
+    device = stage.device
+    source = source.reshape(1, *source.shape[-3:]).to(device)
+    if source_landmarks is not None:
+        source_landmarks = source_landmarks.reshape(1, *source_landmarks.shape[-2:]).to(device)
+    frames = []
+    steps = range(0, driving.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="animate", unit="batch")
+    for start in steps:
+        drv = driving[start:start + batch_size].to(device)
+        n = drv.shape[0]
+        batch = {"source": source.expand(n, -1, -1, -1), "driving": drv}
+        if source_landmarks is not None:
+            batch["source_landmarks"] = source_landmarks.expand(n, -1, -1)
+        if driving_landmarks is not None:
+            batch["driving_landmarks"] = driving_landmarks[start:start + n].to(device)
+        for key, value in (extra or {}).items():
+            batch[key] = value.to(device).expand(n, *value.shape[1:]) if torch.is_tensor(value) else value
+        with torch.no_grad():
+            frames.append(stage(batch)["prediction"].clamp(0, 1).cpu())
+    return torch.cat(frames)

@@ -1,0 +1,56 @@
+NAME = "animate"
+HELP = "Animate a source portrait with a driving video and write an mp4"
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True, help="mp-lightning checkpoint of a base-model stage (warp, refine, fomm)")
+    parser.add_argument("--source", required=True,
+                        help="source image (landmarks from IMG.landmarks.npy beside it, else detected) or a clip .mp4 "
+                             "(its frame --source-frame and that frame's landmarks)")
+    parser.add_argument("--source-frame", type=int, default=0, help="frame of --source when it is a video")
+    parser.add_argument("--driving", required=True, help="driving video (landmarks from CLIP.landmarks.npy beside it, else detected)")
+    parser.add_argument("--out", required=True, help="output .mp4")
+    parser.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
+    parser.add_argument("--max-frames", type=int, default=None, help="animate only the first N driving frames")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--sr-checkpoint", default=None, help="temporal super-resolution checkpoint: write 2x video")
+    parser.add_argument("--relative", action=__import__("argparse").BooleanOptionalAction, default=True,
+                        help="FOMM: relative motion with adapt_movement_scale (default) or absolute motion")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def run(args) -> int:
+    import torch
+
+    from mp_lightning import load_stage
+    from mp_lightning.inputs import load_driving, load_source
+    from mp_lightning.video import write_video
+
+    stage = load_stage(args.checkpoint, map_location=args.device)
+    size = int(stage.hparams["config"]["data"]["image_size"])
+    source, source_landmarks = load_source(args.source, size=size, frame=args.source_frame)
+    driving, driving_landmarks = load_driving(args.driving, size=size, max_frames=args.max_frames)
+    kwargs = {"batch_size": args.batch_size, "progress": True}
+    if stage.hparams["config"]["stage"] == "fomm":
+        kwargs["relative"] = args.relative
+    frames = stage.animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
+    if args.sr_checkpoint:
+        sr = load_stage(args.sr_checkpoint, map_location=args.device)
+        frames = sr.upscale_clip(frames, progress=True)
+        source = torch.nn.functional.interpolate(source[None], size=frames.shape[-2:], mode="bicubic", align_corners=False)[0]
+        driving = torch.nn.functional.interpolate(driving, size=frames.shape[-2:], mode="bicubic", align_corners=False)
+    if args.side_by_side:
+        frames = torch.cat([source[None].expand_as(frames).cpu(), driving.cpu().clamp(0, 1), frames], dim=3)
+    out = write_video(args.out, frames, fps=args.fps)
+    print(f"wrote {out}: {frames.shape[0]} frames at {frames.shape[-1]}x{frames.shape[-2]}")
+    return 0

@@ -1,0 +1,188 @@
+"""Stage 2 of MetaPortrait: identity-preserving refinement (the paper's "full" stage).
+
+The warped source features, the occlusion map, gaze heatmaps and the landmark line images form a
+label pyramid that conditions a SPADE generator, whose identity branch is an AdaIN driven by a
+face-recognition embedding of the source; a learned attention mask fuses the two branches
+("adaptive identity fusion"). Trained with the warp loss, a pyramid perceptual loss on the output,
+eye and mouth losses inside landmark boxes, LSGAN with feature matching against a patch
+discriminator, and the identity loss 1 - cos(ID(prediction), ID(source)).
+
+The paper trains with the identity loss; the released code has it commented out. Both are one value
+apart: `model.losses.identity=20` (paper, the configs' weight) or `model.losses.identity=0` (code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from mp_lightning.errors import ConfigError
+from mp_lightning.stages.warp import MetaPortraitStage, OptimConfig, PerceptualConfig, WarpStageConfig
+
+
+@dataclass
+class RefineLossWeights:
+    warp_perceptual: float = 1.0  # multiplies the perceptual config's per-layer weights (official: kept on)
+    perceptual: float = 1.0  # on the refined prediction
+    eye: float = 50.0
+    mouth: float = 50.0
+    generator_gan: float = 1.0  # LSGAN generator term
+    feature_matching: float = 10.0  # per discriminator block
+    discriminator_gan: float = 1.0
+    identity: float = 20.0  # paper: on (20); released code: 0 (commented out)
+
+
+@dataclass
+class IdentityConfig:
+    source: str = "facenet"  # facenet: embed the source frame | precomputed: batch source_identity (.identity.npy)
+    pretrained: bool = True  # VGGFace2 weights (`mp-lightning weights`); false = random init, tests only
+    align: str = "center"  # face crop before the embedding: center (differentiable) | mtcnn
+
+
+@dataclass
+class DiscriminatorConfig:
+    scales: List[float] = field(default_factory=lambda: [1.0])
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 4
+    spectral_norm: bool = False
+
+
+@dataclass
+class RefineStageConfig(WarpStageConfig):
+    losses: RefineLossWeights = field(default_factory=RefineLossWeights)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    eye_pad: int = 3  # px around the eye box (official)
+    mouth_pad: int = 5  # px around the mouth box (official)
+
+
+class RefineStage(MetaPortraitStage):
+    Config = RefineStageConfig
+    # stage 2 starts from a stage-1 checkpoint: only the warping network is taken from it
+    init_prefixes = ("generator.ladder_network.", "generator.dense_motion_network.")
+
+    def __init__(self, config: dict, landmark_spec: dict | None = None):
+        super().__init__(config, landmark_spec)
+        from mp_lightning.networks.discriminator import MultiScaleDiscriminator
+
+        hp = self.hp
+        d = hp.discriminator
+        self.discriminator = MultiScaleDiscriminator(
+            scales=list(d.scales), block_expansion=d.block_expansion, max_features=d.max_features,
+            num_blocks=d.num_blocks, sn=d.spectral_norm, num_channels=hp.net.num_channels,
+        )
+        if hp.identity.source not in ("facenet", "precomputed"):
+            raise ConfigError(f"config key 'model.identity.source': '{hp.identity.source}' is not facenet | precomputed")
+        if hp.identity.source == "facenet" and hp.net.identity_dim != 512:
+            raise ConfigError(
+                f"config key 'model.net.identity_dim' is {hp.net.identity_dim} but facenet embeddings are 512-d "
+                f"(set model.net.identity_dim=512, or model.identity.source=precomputed for 256-d .identity.npy files)"
+            )
+        self.face_embedder = None
+        if hp.identity.source == "facenet" or hp.losses.identity > 0:
+            from mp_lightning.networks.identity import FaceEmbedder
+
+            self.face_embedder = FaceEmbedder(pretrained=hp.identity.pretrained, align=hp.identity.align)
+        self.automatic_optimization = False
+
+    # --- forward ------------------------------------------------------------------------------------
+    def source_identity(self, batch: dict) -> torch.Tensor:
+        if self.hp.identity.source == "precomputed":
+            if "source_identity" not in batch:
+                raise ConfigError(
+                    "model.identity.source=precomputed but the batch has no 'source_identity' "
+                    "(the data needs <clip>.identity.npy files beside the clips)"
+                )
+            return batch["source_identity"]
+        with torch.no_grad():
+            return self.face_embedder(batch["source"])
+
+    def forward(self, batch: dict) -> dict:
+        batch = self.prepare(batch)
+        out = self.warp(batch)
+        raw = self.generator.refine(
+            batch["source"], out, self.source_identity(batch), batch["source_line"], batch["driving_line"],
+            batch["gaze_points"], batch["mouth_mask"],
+        )
+        # the official generator's tanh output is compared directly with [0, 1] targets
+        out["prediction_raw"] = raw
+        out["prediction"] = raw.clamp(0, 1)
+        return out
+
+    # --- losses (paper section 3.2; official weights) ----------------------------------------------
+    def generator_losses(self, batch: dict, out: dict, adversarial: bool = True) -> dict[str, torch.Tensor]:
+        from mp_lightning import losses as L
+
+        w = self.hp.losses
+        pred, target = out["prediction_raw"], batch["driving"]
+        terms = {
+            "warp_perceptual": w.warp_perceptual * self.perceptual(out["deformed"], target),
+            "perceptual": w.perceptual * self.perceptual(pred, target),
+        }
+        pyramid = self.perceptual.pyramid
+        if w.eye > 0:
+            terms["eye"] = w.eye * L.masked_pyramid_loss(pyramid, pred, target, batch["eye_mask"])
+        if w.mouth > 0:
+            terms["mouth"] = w.mouth * L.masked_pyramid_loss(pyramid, pred, target, batch["mouth_mask"])
+        if w.identity > 0:
+            with torch.no_grad():
+                reference = self.face_embedder(batch["source"])
+            terms["identity"] = w.identity * L.identity_loss(self.face_embedder(pred), reference)
+        if adversarial and (w.generator_gan > 0 or w.feature_matching > 0):
+            fake_feats, fake_logits = self.discriminator(pred)
+            with torch.no_grad():
+                real_feats, _ = self.discriminator(target)
+            if w.generator_gan > 0:
+                terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake_logits)
+            if w.feature_matching > 0:
+                terms["feature_matching"] = w.feature_matching * L.feature_matching_loss(real_feats, fake_feats)
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    def discriminator_losses(self, batch: dict, out: dict) -> dict[str, torch.Tensor]:
+        from mp_lightning import losses as L
+
+        _, real_logits = self.discriminator(batch["driving"])
+        _, fake_logits = self.discriminator(out["prediction_raw"].detach())
+        loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real_logits, fake_logits)
+        return {"discriminator": loss}
+
+    # --- training -----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int):
+        opt_g, opt_d = self.optimizers()
+        batch = self.prepare(batch)
+        n = batch["source"].shape[0]
+
+        self.toggle_optimizer(opt_g)
+        out = self(batch)
+        g_losses = self.generator_losses(batch, out, adversarial=True)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_losses["loss"])
+        self.clean_and_clip(opt_g, self.generator.parameters())
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        if self.hp.losses.discriminator_gan > 0:
+            self.toggle_optimizer(opt_d)
+            d_losses = self.discriminator_losses(batch, out)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_losses["discriminator"])
+            self.clean_and_clip(opt_d, self.discriminator.parameters())
+            opt_d.step()
+            self.untoggle_optimizer(opt_d)
+            g_losses.update(d_losses)
+        self.log_losses(g_losses, batch_size=n)
+        return g_losses["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        for sched in self.lr_schedulers() or []:
+            sched.step()
+
+    def configure_optimizers(self):
+        o = self.hp.optim
+        opt_g = self._adam(self.generator_param_groups())
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.discriminator_lr, betas=tuple(o.betas))
+        return [opt_g, opt_d], [self._scheduler(opt_g), self._scheduler(opt_d)]

@@ -1,0 +1,160 @@
+"""Stage 1 of MetaPortrait: warping with dense landmarks.
+
+Source and driving landmarks are drawn as coloured line images; with the source image they are
+encoded by the ladder network into a motion code, which conditions (AdaIN) the dense motion network
+that predicts a flow field and an occlusion map. The source is warped with the flow (`deformed`), and
+the warping network is trained with a pyramid VGG19 perceptual loss between `deformed` and the
+driving frame (the paper's warping stage; `meta_portrait_256_pretrain_warp.yaml` in the official code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from mp_lightning.networks.metaportrait import MetaPortraitGenerator, MetaPortraitNetConfig
+from mp_lightning.stages.base import Stage, load_init_weights
+
+
+@dataclass
+class PerceptualConfig:
+    pretrained: bool = True  # ImageNet VGG19 (weights file: `mp-lightning weights`); false = random, tests only
+    scales: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])  # image pyramid
+    layer_weights: List[float] = field(default_factory=lambda: [10.0] * 5)  # relu1_1 ... relu5_1
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4  # refinement-network learning rate (official lr_generator)
+    warp_lr_multiplier: float = 0.1  # warping network lr = lr x this (official warplr_tune)
+    discriminator_lr: float = 2e-4
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    lr_milestones: List[int] = field(default_factory=lambda: [45])  # epochs at which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.3  # gradient-norm clipping of every network (official value)
+    nan_to_num: float = 1e5  # gradients are nan_to_num'ed to +-this before clipping (official)
+
+
+@dataclass
+class WarpStageConfig:
+    net: MetaPortraitNetConfig = field(default_factory=MetaPortraitNetConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    landmarks: Optional[str] = None  # a preset (official669) instead of the data's landmarks.json
+    init_from: Optional[str] = None  # start from this checkpoint's weights (any mp-lightning checkpoint)
+
+
+class MetaPortraitStage(Stage):
+    """What the warp and refinement stages share: the generator, landmark drawing, the warp loss."""
+
+    Config = WarpStageConfig
+    #: weights that `init_from` copies (the official code copies only the warping network into stage 2)
+    init_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, config: dict, landmark_spec: dict | None = None):
+        super().__init__(config, landmark_spec)
+        from mp_lightning.landmarks import LandmarkSpec
+        from mp_lightning.networks.perceptual import PyramidPerceptualLoss
+
+        hp = self.hp
+        if hp.landmarks:
+            self.landmark_spec = LandmarkSpec.preset(hp.landmarks)
+        elif landmark_spec is not None:
+            self.landmark_spec = LandmarkSpec.from_json(landmark_spec)
+        else:
+            from mp_lightning.errors import ConfigError
+
+            raise ConfigError("the data has no landmarks.json and 'model.landmarks' names no preset (e.g. official669)")
+        self.generator = MetaPortraitGenerator(hp.net)
+        self.perceptual = PyramidPerceptualLoss(
+            scales=hp.perceptual.scales, layer_weights=hp.perceptual.layer_weights, pretrained=hp.perceptual.pretrained
+        )
+        if hp.init_from:
+            load_init_weights(self, hp.init_from, prefixes=self.init_prefixes)
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def prepare(self, batch: dict) -> dict:
+        """Add what the official loader derives from landmarks (line images, eye/mouth masks, gaze points)."""
+        from mp_lightning.landmarks import metaportrait_inputs
+
+        if "source_line" in batch and "driving_line" in batch:
+            return batch
+        return metaportrait_inputs(batch, self.landmark_spec, size=self.hp.net.image_size)
+
+    # --- warping ------------------------------------------------------------------------------------
+    def warp(self, batch: dict) -> dict:
+        return self.generator.warp(batch["source"], batch["source_line"], batch["driving_line"])
+
+    def forward(self, batch: dict) -> dict:
+        batch = self.prepare(batch)
+        out = self.warp(batch)
+        out["prediction"] = out["deformed"]
+        return out
+
+    def warp_loss(self, out: dict, batch: dict) -> torch.Tensor:
+        return self.perceptual(out["deformed"], batch["driving"])
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def generator_param_groups(self) -> list[dict]:
+        o = self.hp.optim
+        return [
+            {"params": self.generator.refine_parameters(), "lr": o.lr, "name": "refine"},
+            {"params": self.generator.warp_parameters(), "lr": o.lr * o.warp_lr_multiplier, "name": "warp"},
+        ]
+
+    def _adam(self, groups):
+        o = self.hp.optim
+        return torch.optim.Adam([g for g in groups if g["params"]], betas=tuple(o.betas))
+
+    def _scheduler(self, optimizer):
+        o = self.hp.optim
+        return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.lr_milestones), o.lr_gamma),
+                "interval": "epoch"}
+
+    def clean_and_clip(self, optimizer, parameters) -> None:
+        """Official gradient hygiene: nan_to_num, then norm clipping (through Lightning, so AMP unscales first)."""
+        limit = self.hp.optim.nan_to_num
+        for p in parameters:
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=limit, neginf=-limit)
+        if self.hp.optim.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hp.optim.grad_clip, gradient_clip_algorithm="norm")
+
+    # --- animation ----------------------------------------------------------------------------------
+    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs):
+        if driving_landmarks is None or source_landmarks is None:
+            from mp_lightning.errors import DataError
+
+            raise DataError("MetaPortrait animation needs source and driving landmarks")
+        return super().animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
+
+
+class WarpStage(MetaPortraitStage):
+    """Stage 1: only the warping network (ladder encoder + dense motion network) is trained."""
+
+    def __init__(self, config: dict, landmark_spec: dict | None = None):
+        super().__init__(config, landmark_spec)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict, batch_idx: int):
+        batch = self.prepare(batch)
+        out = self.warp(batch)
+        loss = self.warp_loss(out, batch)
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clean_and_clip(opt, self.generator.warp_parameters())
+        opt.step()
+        self.log_losses({"loss": loss, "warp_perceptual": loss}, batch_size=batch["source"].shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
+    def configure_optimizers(self):
+        o = self.hp.optim
+        opt = self._adam([{"params": self.generator.warp_parameters(), "lr": o.lr * o.warp_lr_multiplier, "name": "warp"}])
+        return {"optimizer": opt, "lr_scheduler": self._scheduler(opt)}

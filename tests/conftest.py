@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny synthetic dataset made once per session, and the repository's paths."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+REFERENCE = REPO.parent / "shared" / "reference"
+
+# keep every W&B and torch-hub file of the test run out of the home directory
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """6 train + 2 test identities, 2 clips each, 16 frames at 64 px (written once per test session)."""
+    from datamodules import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, identities=8, videos_per_identity=1, clips_per_video=2, frames=16, size=64,
+                            seed=0, test_fraction=0.25)
+    return root
+
+
+def tiny_overrides(data_root: Path, run_root: Path, *extra: str) -> list[str]:
+    """Shrink any experiment to a seconds-long CPU run on the tiny dataset."""
+    return [
+        f"data.root={data_root}",
+        "data.image_size=64",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        f"output_root={run_root}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "logger.type=none",
+        *extra,
+    ]
