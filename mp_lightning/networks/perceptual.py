@@ -1,0 +1,126 @@
+"""Image pyramid and VGG19 pyramid perceptual loss (FOMM Sec. 3.3; reused by MetaPortrait).
+
+The loss is the official one: images (B, 3, H, W) in [0, 1] are normalised with ImageNet mean/std, passed
+through the torchvision VGG19 `features` split at [0:2], [2:7], [7:12], [12:21], [21:30] (relu1_1 ...
+relu5_1), and the per-layer mean L1 difference (target detached) is weighted and summed over the layers and
+over the scales of an anti-aliased image pyramid (scales 1, 0.5, 0.25, 0.125).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from mp_lightning.networks.blocks import AntiAliasInterpolation2d
+from mp_lightning.networks.discriminator import scale_key
+
+VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImagePyramid(nn.Module):
+    """Anti-aliased image pyramid. forward(x (B, C, H, W)) -> {"prediction_<scale>": (B, C, H*s, W*s)}.
+
+    Keys use `scale_key` ('1', '0.5', '0.25', '0.125'), the naming the discriminator expects.
+    """
+
+    def __init__(self, scales: Sequence[float] = (1, 0.5, 0.25, 0.125), num_channels: int = 3):
+        super().__init__()
+        self.scales = list(scales)
+        self.downs = nn.ModuleDict(
+            {str(s).replace(".", "-"): AntiAliasInterpolation2d(num_channels, s) for s in self.scales}
+        )
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"prediction_" + scale_key(s): down(x) for s, down in zip(self.scales, self.downs.values())}
+
+
+class Vgg19Features(nn.Module):
+    """Frozen VGG19 feature slices. forward(x (B, 3, H, W) in [0, 1]) -> 5 maps (relu1_1 ... relu5_1).
+
+    `pretrained=True` loads torchvision's ImageNet weights from `mp_lightning.weights.require("vgg19")`
+    (raises `MissingWeightsError` naming the file when it is absent); `pretrained=False` keeps a random
+    init (tests, smoke runs).
+    """
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        features = make_layers(cfgs["E"], batch_norm=False)
+        if pretrained:
+            from mp_lightning.weights import require
+
+            path = require("vgg19")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+            features.load_state_dict(feats, strict=False)
+            missing = [k for k in features.state_dict() if k not in feats]
+            if missing:
+                from mp_lightning.errors import CheckpointError
+
+                raise CheckpointError(f"{path} is not a torchvision VGG19 checkpoint: missing {missing[:4]}")
+        self.slices = nn.ModuleList(
+            nn.Sequential(*[features[i] for i in range(a, b)]) for a, b in VGG_SLICES
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        # frozen feature extractor: stays in eval mode whatever the parent does
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        outs = []
+        for s in self.slices:
+            h = s(h)
+            outs.append(h)
+        return outs
+
+
+class VGGPerceptualLoss(nn.Module):
+    """Pyramid perceptual loss: sum over scales and layers of w_l * mean|VGG_l(pred_s) - VGG_l(target_s)|.
+
+    forward(prediction, target) with (B, 3, H, W) images in [0, 1] -> scalar. Gradients flow to
+    `prediction` only (VGG is frozen, the target features are detached). The pyramids can be passed
+    instead of images via `forward_pyramids` (reuse them for the eye/mouth losses and the discriminator).
+    """
+
+    def __init__(
+        self,
+        scales: Sequence[float] = (1, 0.5, 0.25, 0.125),
+        layer_weights: Sequence[float] = (10, 10, 10, 10, 10),
+        pretrained: bool = True,
+        num_channels: int = 3,
+    ):
+        super().__init__()
+        if len(layer_weights) != len(VGG_SLICES):
+            raise ValueError(f"layer_weights needs {len(VGG_SLICES)} values, got {len(layer_weights)}")
+        self.layer_weights = [float(w) for w in layer_weights]
+        self.pyramid = ImagePyramid(scales, num_channels)
+        self.vgg = Vgg19Features(pretrained=pretrained)
+
+    def forward_pyramids(self, pred_pyramid: Dict[str, torch.Tensor], target_pyramid: Dict[str, torch.Tensor]) -> torch.Tensor:
+        total = 0.0
+        for key, pred in pred_pyramid.items():
+            if min(pred.shape[-2:]) < 16:
+                # relu5_1 sits after four 2x2 max-pools: smaller inputs vanish inside VGG19
+                raise ValueError(
+                    f"perceptual loss: pyramid level {key} is {tuple(pred.shape[-2:])} px, VGG19 needs >= 16 px; "
+                    "use fewer/larger scales for small images (e.g. scales [1, 0.5] at 64 px)"
+                )
+            x_vgg = self.vgg(pred)
+            with torch.no_grad():
+                y_vgg = self.vgg(target_pyramid[key])
+            for w, a, b in zip(self.layer_weights, x_vgg, y_vgg):
+                if w != 0:
+                    total = total + w * (a - b.detach()).abs().mean()
+        return total if isinstance(total, torch.Tensor) else torch.zeros((), device=next(iter(pred_pyramid.values())).device)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.forward_pyramids(self.pyramid(prediction), self.pyramid(target))
