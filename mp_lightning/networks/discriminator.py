@@ -1,7 +1,8 @@
 """Multi-scale patch discriminator (pix2pix style) used by FOMM and MetaPortrait.
 
 State-dict layout follows the official code: `discs.<scale>.down_blocks.N.{conv,norm}` and `discs.<scale>.conv`,
-with the scale written `str(scale).replace(".", "-")` (scale 1 -> `discs.1`). Spectral norm, when on, is the
+with the scale written like the official `str(scale).replace(".", "-")` for the official int/float values
+(1 and 1.0 -> `discs.1`, 0.5 -> `discs.0-5`). Spectral norm, when on, is the
 legacy hook version (keys `weight_orig`, `weight_u`, `weight_v`), as in FOMM's vox-256 checkpoint.
 
 Official configurations:
@@ -96,7 +97,7 @@ class MultiScaleDiscriminator(nn.Module):
         self.scales = list(scales)
         self.use_kp = use_kp
         self.discs = nn.ModuleDict({
-            str(s).replace(".", "-"): Discriminator(num_channels, block_expansion, num_blocks, max_features, sn,
+            scale_key(s).replace(".", "-"): Discriminator(num_channels, block_expansion, num_blocks, max_features, sn,
                                                     use_kp, num_kp, kp_variance)
             for s in self.scales
         })
@@ -113,6 +114,8 @@ class MultiScaleDiscriminator(nn.Module):
 
     def forward(self, pyramid: Union[torch.Tensor, Dict[str, torch.Tensor]], kp=None) -> Dict[str, object]:
         if isinstance(pyramid, torch.Tensor):
+            if [scale_key(s) for s in self.scales] != ["1"]:
+                raise ValueError("a multi-scale discriminator needs the image pyramid dict (ImagePyramid), not a tensor")
             pyramid = {"prediction_1": pyramid}
         out = {}
         for s, disc in zip(self.scales, self.discs.values()):

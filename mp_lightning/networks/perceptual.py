@@ -30,7 +30,7 @@ class ImagePyramid(nn.Module):
         super().__init__()
         self.scales = list(scales)
         self.downs = nn.ModuleDict(
-            {str(s).replace(".", "-"): AntiAliasInterpolation2d(num_channels, s) for s in self.scales}
+            {scale_key(s).replace(".", "-"): AntiAliasInterpolation2d(num_channels, s) for s in self.scales}
         )
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
