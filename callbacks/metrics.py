@@ -53,8 +53,6 @@ __all__ = [
 
 LandmarkDetector = Callable[[Tensor], Tensor]  # (B, 3, H, W) in [0, 1] -> (B, K, 2) in [0, 1]
 
-_DTYPE_CASTS = ("Module.type", "Module.half", "Module.float", "Module.double", "Module.bfloat16")
-
 
 # ------------------------------------------------------------------------------------------ base classes
 class _MeanMetric(Metric):
@@ -88,10 +86,12 @@ class _MeanMetric(Metric):
             self._frozen.append(net)
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any):
-        # device moves follow the metric; dtype casts do not (inputs are evaluated in float32)
-        if not any(cast in str(fn) for cast in _DTYPE_CASTS):
+        # frozen nets follow device moves but not dtype casts (inputs are evaluated in float32); a probe
+        # tensor tells which of the two `fn` does, whatever `.to` / `.cuda` / `.half` produced it
+        probe = fn(torch.zeros(1))
+        if isinstance(probe, Tensor):
             for net in self._frozen:
-                net._apply(fn)
+                net.to(probe.device)
         return super()._apply(fn, *args, **kwargs)
 
 

@@ -1,0 +1,262 @@
+"""Evaluation metrics: each equals the reference library on the same tensors; the suite picks batch keys."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from callbacks.metrics import (
+    AED,
+    AKD,
+    L1,
+    LPIPS,
+    PSNR,
+    SSIM,
+    IdentitySimilarity,
+    MetricsConfig,
+    MetricSuite,
+    TemporalWarpingError,
+    fid_unavailable_reason,
+)
+from mp_lightning.errors import ConfigError, MissingWeightsError
+from mp_lightning.networks.identity import FaceEmbedder
+
+H = 48
+
+
+def _images(seed, b=3, h=H):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, h, generator=g)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return FaceEmbedder(pretrained=False)
+
+
+def _offline_config(**changes):
+    cfg = MetricsConfig()
+    cfg.lpips.pretrained = False
+    cfg.identity.pretrained = False
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ pixel metrics
+def test_psnr_ssim_l1_equal_torchmetrics_functional():
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    p1, t1, p2, t2 = _images(0), _images(1), _images(2, b=2), _images(3, b=2)
+    psnr, ssim, l1 = PSNR(), SSIM(), L1()
+    for p, t in ((p1, t1), (p2, t2)):
+        psnr.update(p, t)
+        ssim.update(p, t)
+        l1.update(p, t)
+    p, t = torch.cat([p1, p2]), torch.cat([t1, t2])
+    per_image_psnr = torch.stack([peak_signal_noise_ratio(a[None], b[None], data_range=1.0) for a, b in zip(p, t)])
+    per_image_ssim = torch.stack(
+        [structural_similarity_index_measure(a[None], b[None], data_range=1.0) for a, b in zip(p, t)]
+    )
+    assert psnr.compute().item() == pytest.approx(per_image_psnr.mean().item(), rel=1e-6)
+    assert ssim.compute().item() == pytest.approx(per_image_ssim.mean().item(), rel=1e-6)
+    assert l1.compute().item() == pytest.approx((p - t).abs().mean().item(), rel=1e-6)
+
+
+def test_metric_without_data_is_nan():
+    assert math.isnan(PSNR().compute().item())
+
+
+# -------------------------------------------------------------------------------------------- LPIPS
+@pytest.mark.parametrize("net", ["alex", pytest.param("vgg", marks=pytest.mark.slow)])  # building VGG16: ~15 s
+def test_lpips_equals_the_lpips_package_with_the_same_seeded_trunk(net):
+    import lpips
+
+    p, t = _images(4, b=2, h=64), _images(5, b=2, h=64)
+    metric = LPIPS(net=net, pretrained=False, seed=7)
+    metric.update(p, t)
+    torch.manual_seed(7)
+    reference = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
+    with torch.no_grad():
+        expected = reference(p, t, normalize=True).mean().item()  # normalize=True: its own [0,1] -> [-1,1]
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-5)
+    identical = LPIPS(net=net, pretrained=False)
+    identical.update(p, p)
+    assert identical.compute().item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("net, filename", [("alex", "alexnet-owt-7be5be79.pth"), ("vgg", "vgg16-397923af.pth")])
+def test_lpips_without_backbone_weights_names_the_file(net, filename, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError) as err:
+        LPIPS(net=net, pretrained=True)
+    assert filename in str(err.value) and "mp-lightning weights" in str(err.value)
+
+
+def test_lpips_weights_stay_out_of_the_state_dict_but_follow_to():
+    metric = LPIPS(pretrained=False)
+    assert metric.state_dict() == {}
+    metric.to(torch.float64)  # dtype casts leave the frozen trunk in float32
+    assert next(metric.net.parameters()).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------- identity
+def test_identity_similarity_and_aed_equal_hand_computation(embedder):
+    p, s = _images(6), _images(7)
+    sim, aed = IdentitySimilarity(embedder), AED(embedder)
+    sim.update(p, s)
+    aed.update(p, s)
+    with torch.no_grad():
+        ep, es = embedder(p), embedder(s)
+    expected_sim = (ep * es).sum(1) / (ep.norm(dim=1) * es.norm(dim=1))
+    expected_aed = ((ep - es) ** 2).sum(1).sqrt()
+    assert sim.compute().item() == pytest.approx(expected_sim.mean().item(), abs=1e-6)
+    assert aed.compute().item() == pytest.approx(expected_aed.mean().item(), abs=1e-6)
+    # precomputed embeddings are accepted as such
+    sim2 = IdentitySimilarity(embedder)
+    sim2.update(ep, es)
+    assert sim2.compute().item() == pytest.approx(sim.compute().item(), abs=1e-9)
+
+
+def test_identity_metrics_share_one_embedder(embedder):
+    suite = MetricSuite(_offline_config(enabled=["id_similarity", "aed"], fid=False), embedder=embedder)
+    assert suite.metrics["id_similarity"].embedder is suite.metrics["aed"].embedder is embedder
+    assert suite.state_dict() == {}
+
+
+# ---------------------------------------------------------------------------------------------- AKD
+def test_akd_precomputed_landmarks_in_pixels():
+    target = torch.tensor([[[0.5, 0.5], [0.25, 0.75]]])
+    pred = target + torch.tensor([[[3 / 64, 4 / 64], [0.0, 0.0]]])  # first point 5 px off at 64 px
+    akd = AKD()
+    akd.update(target, pred_landmarks=pred, image_size=(64, 64))
+    assert akd.compute().item() == pytest.approx(2.5)
+    fomm_scale = AKD(image_size=256)  # reported at 256 px whatever the frame size
+    fomm_scale.update(target, pred_landmarks=pred, preds=torch.zeros(1, 3, 64, 64))
+    assert fomm_scale.compute().item() == pytest.approx(10.0)
+    missed = AKD()
+    missed.update(target, pred_landmarks=torch.tensor([[[float("nan"), 0.5], [0.25, 0.75]]]), image_size=(64, 64))
+    assert missed.compute().item() == pytest.approx(0.0)  # the missed point is left out
+
+
+def test_akd_with_a_detector():
+    calls = []
+
+    def detector(images):
+        calls.append(images.shape)
+        return torch.full((images.shape[0], 2, 2), 0.5)
+
+    akd = AKD(detector=detector)
+    akd.update(torch.full((2, 2, 2), 0.25), preds=torch.zeros(2, 3, 32, 32))
+    assert calls == [(2, 3, 32, 32)]
+    assert akd.compute().item() == pytest.approx(math.hypot(8, 8))
+    with pytest.raises(ValueError, match="pred_landmarks"):
+        AKD().update(torch.zeros(1, 2, 2), preds=torch.zeros(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------- temporal warp error
+def _texture(seed, h=64):
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(1, 3, h // 8, h // 8, generator=g), size=(h, h), mode="bicubic",
+                         align_corners=False).clamp(0, 1)[0]
+
+
+def test_warp_error_static_is_zero_flicker_is_not():
+    frame = _texture(0)
+    static = frame.expand(4, -1, -1, -1)[None]  # (1, T=4, 3, H, W)
+    flicker = torch.stack([frame * (0.6 if t % 2 else 1.0) for t in range(4)])[None]
+    lms = torch.rand(1, 1, 6, 2).expand(1, 4, 6, 2)
+    results = {}
+    for source in ("target", "prediction", "landmarks"):
+        m = TemporalWarpingError(flow_source=source)
+        m.update(static, target=static, landmarks=lms)
+        results[source] = m.compute().item()
+    assert max(results.values()) < 1e-3, results  # Farneback leaves sub-pixel noise at the borders
+    m = TemporalWarpingError(flow_source="target")
+    m.update(flicker, target=static)
+    assert m.compute().item() > 0.1
+
+
+def test_warp_error_follows_motion():
+    # a texture translated by 2 px per frame: flow from the frames compensates the motion
+    big = _texture(1, h=96)
+    clip = torch.stack([big[:, 16:80, 16 + 2 * t:80 + 2 * t] for t in range(3)])[None]
+    aligned = TemporalWarpingError(flow_source="target")
+    aligned.update(clip, target=clip)
+    shuffled = TemporalWarpingError(flow_source="target")
+    shuffled.update(clip.flip(1).roll(1, dims=1), target=clip)
+    assert aligned.compute().item() < 0.02
+    assert shuffled.compute().item() > 2 * aligned.compute().item()
+
+
+# -------------------------------------------------------------------------------------------- suite
+def _pairs_batch(b=2, k=5):
+    return {
+        "source": _images(10, b), "driving": _images(11, b),
+        "source_landmarks": torch.rand(b, k, 2), "driving_landmarks": torch.rand(b, k, 2),
+    }
+
+
+def test_suite_self_reenactment_keys_and_values(embedder):
+    batch = _pairs_batch()
+    outputs = {"prediction": (batch["driving"] * 0.9 + 0.05), "prediction_landmarks": torch.rand(2, 5, 2)}
+    suite = MetricSuite(_offline_config(), embedder=embedder)
+    suite.update(outputs, batch)
+    values = suite.compute()
+    assert set(values) == {"lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "akd"}
+    assert all(isinstance(v, float) for v in values.values())
+    l1 = L1()
+    l1.update(outputs["prediction"], batch["driving"])
+    assert values["l1"] == pytest.approx(l1.compute().item())
+    aed = AED(embedder)
+    aed.update(outputs["prediction"], batch["driving"])  # FOMM: against the ground truth
+    assert values["aed"] == pytest.approx(aed.compute().item())
+    suite.reset()
+    assert suite.compute() == {}
+
+
+def test_suite_cross_identity_has_no_reference_metrics(embedder):
+    batch = _pairs_batch()
+    batch["driving_clip"] = ["test/id01/v/c"] * 2  # cross_identity mode marker
+    outputs = {"prediction": _images(12, 2)}
+    suite = MetricSuite(_offline_config(fid=False), embedder=embedder)
+    suite.update(outputs, batch)
+    values = suite.compute()
+    assert set(values) == {"id_similarity", "aed"}
+    aed = AED(embedder)
+    aed.update(outputs["prediction"], batch["source"])
+    assert values["aed"] == pytest.approx(aed.compute().item())
+    assert "akd" in suite.new_skip_reasons() and suite.new_skip_reasons() == {}  # reported once
+    forced = MetricSuite(_offline_config(enabled=["psnr", "aed"], fid=False), embedder=embedder,
+                         reference_available=False)
+    forced.update(outputs, _pairs_batch())
+    assert set(forced.compute()) == {"aed"}
+
+
+def test_suite_clips(embedder):
+    frames = torch.stack([_texture(3)] * 3)[None].repeat(2, 1, 1, 1, 1)  # (2, 3, 3, 64, 64) static
+    batch = {"frames": frames, "frames_landmarks": torch.rand(2, 3, 5, 2), "source": frames[:, 0],
+             "driving": frames[:, -1]}
+    suite = MetricSuite(_offline_config(enabled=["l1", "warp_error", "id_similarity"], fid=False), embedder=embedder)
+    suite.update({"prediction": frames}, batch)
+    values = suite.compute()
+    assert values["l1"] == 0.0 and values["warp_error"] < 1e-3
+    assert suite.metrics["id_similarity"].count.item() == 6  # every frame of every clip
+
+
+def test_suite_config_from_mapping_and_errors():
+    suite = MetricSuite({"enabled": ["psnr"], "fid": False})
+    assert list(suite.metrics) == ["psnr"]
+    with pytest.raises(ConfigError, match="unknown metric"):
+        MetricSuite({"enabled": ["psnr", "csim"]})
+    with pytest.raises(ConfigError, match="nett"):
+        MetricSuite({"lpips": {"nett": "alex"}})
+
+
+def test_fid_is_skipped_with_a_reason(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as if not installed
+    assert "torch-fidelity" in fid_unavailable_reason()
+    suite = MetricSuite({"enabled": ["psnr"], "fid": True})
+    assert "fid" not in suite.metrics and "torch-fidelity" in suite.skipped["fid"]
