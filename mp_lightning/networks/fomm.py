@@ -421,8 +421,10 @@ def build_fomm_discriminator(cfg: FOMMNetConfig) -> nn.Module:
     """
     from mp_lightning.networks.discriminator import MultiScaleDiscriminator
 
+    # integral scales as ints: the official key of scale 1 is `discs.1`, not `discs.1-0`
+    scales = [int(s) if float(s).is_integer() else float(s) for s in cfg.disc_scales]
     return MultiScaleDiscriminator(
-        scales=list(cfg.disc_scales),
+        scales=scales,
         num_channels=cfg.num_channels,
         block_expansion=cfg.disc_block_expansion,
         max_features=cfg.disc_max_features,
@@ -431,6 +433,7 @@ def build_fomm_discriminator(cfg: FOMMNetConfig) -> nn.Module:
         use_kp=cfg.disc_use_kp,
         num_kp=cfg.num_kp,
         kp_variance=cfg.kp_variance,
+        init="pytorch",  # FOMM keeps PyTorch's default init (MetaPortrait re-initialises)
     )
 
 
