@@ -33,6 +33,6 @@ class DataConfig:
     strict: bool = False  # any bad clip found by the setup scan raises DataError instead of being left out
     use_landmarks: bool = True  # read <clip>.landmarks.npy (a clip without one is bad); False = no landmark keys
     landmark_margin: float = 0.25  # landmarks may lie this far outside [0, 1] (faces at the frame edge)
-    reader_cache_size: int = 8  # open video readers kept per process (LRU)
-    decode_threads: int = 1  # decord threads per reader; 1 is as fast for short-GOP random access
+    reader_cache_size: int = 16  # open video readers kept per process (LRU; ~6 MB each at 256 px)
+    decode_threads: int = 0  # decord threads per reader; 0 = FFmpeg auto (measured ~2x faster than 1 for 2-frame reads here)
     max_decode_retries: int = 10  # sample-time decode failures tolerated in a row before raising

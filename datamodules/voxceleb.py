@@ -88,6 +88,7 @@ class ClipSampleDataset(Dataset):
         self.failures: dict[str, str] = {}  # clip name -> reason, for this process
         self._rng: np.random.Generator | None = None
         self._rng_key = None
+        self._flip_now = False
 
     # ------------------------------------------------------------------ lengths and randomness
     def _units(self) -> int:
@@ -123,12 +124,22 @@ class ClipSampleDataset(Dataset):
 
             interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
             frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
-        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+        if self._flip_now:
+            frames = frames[:, :, ::-1]
+        # numpy, not torch: conversions here must not depend on torch's intra-op thread pool,
+        # which on a busy machine makes these small ops 30-70x slower in the main process
+        images = np.empty((frames.shape[0], 3, size, size), np.float32)
+        np.multiply(frames.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=images, dtype=np.float32)
         lms = None
         if clip.landmarks_path is not None:
             arr = np.load(clip.landmarks_path, mmap_mode="r")
-            lms = torch.from_numpy(np.asarray(arr[np.asarray(indices, dtype=np.int64)], dtype=np.float32).copy())
-        return images, lms
+            lms = np.array(arr[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
+            if self._flip_now:
+                lms[..., 0] = 1.0 - lms[..., 0]
+                if self.flip_permutation is not None:
+                    lms = lms[:, self.flip_permutation]
+            lms = torch.from_numpy(np.ascontiguousarray(lms))
+        return torch.from_numpy(images), lms
 
     def _record_failure(self, clip: ClipInfo, err: Exception) -> None:
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
@@ -145,6 +156,8 @@ class ClipSampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = self._sample_rng(index)
         unit = index % self._units() if self.train else index // self.config.val_samples_per_clip
+        # a flip mirrors every image of the item (x -> 1 - x) and swaps left/right landmark ids
+        self._flip_now = bool(self.train and self.config.augment_flip and rng.random() < 0.5)
         for _attempt in range(self.config.max_decode_retries + 1):
             try:
                 item = self._make_item(unit, rng)
@@ -152,8 +165,6 @@ class ClipSampleDataset(Dataset):
                 self._record_failure(failed.clip, failed.error)
                 unit = int(rng.integers(self._units()))
                 continue
-            if self.train and self.config.augment_flip and rng.random() < 0.5:
-                item = self._flip(item)
             return item
         raise DataError(
             f"{self.config.max_decode_retries + 1} clips in a row failed to decode (last: {sorted(self.failures)[-1:]}); "
@@ -275,21 +286,6 @@ class ClipSampleDataset(Dataset):
             self._put(item, prefix, torch.stack([g[0] for g in got]), lm, [f for _, f in part])
         if self.with_identity:
             item["source_identity"] = self._identity_vector(clip)
-        return item
-
-    def _flip(self, item: dict) -> dict:
-        """Mirror every image left-right; landmarks x -> 1 - x and re-indexed to their mirror partners."""
-        for key, value in list(item.items()):
-            if not isinstance(value, torch.Tensor):
-                continue
-            if key.endswith("_landmarks"):
-                flipped = value.clone()
-                flipped[..., 0] = 1.0 - flipped[..., 0]
-                if self.flip_permutation is not None:
-                    flipped = flipped[..., torch.as_tensor(self.flip_permutation), :]
-                item[key] = flipped
-            elif value.dim() >= 3 and value.shape[-3] == 3:
-                item[key] = value.flip(-1)
         return item
 
 
