@@ -86,6 +86,7 @@ class LandmarkSpec:
     gaze_ids: List[int] = field(default_factory=list)  # points turned into gaze heatmaps (official: 8)
     eye_box: str = "minmax"  # "official": eye_ids = [l, r, t, b] per eye; "minmax": bounding box per half
     subset_ids: Optional[List[int]] = None  # official 58-point `ldmk_idx` (for reference / export)
+    groups: Optional[Dict[str, List[int]]] = None  # named point groups (contour, left_eye, ...), informative
 
     def __post_init__(self):
         self.edges = [tuple(int(v) for v in e) for e in self.edges]
@@ -175,6 +176,7 @@ class LandmarkSpec:
             "gaze_ids": list(self.gaze_ids),
             "eye_box": self.eye_box,
             "subset_ids": self.subset_ids,
+            "groups": self.groups,
         }
 
 
