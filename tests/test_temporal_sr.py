@@ -153,8 +153,8 @@ def test_full_resolution_input_clamp_and_noise_modes():
     net = _tiny().eval()
     with torch.no_grad():
         net.stylegan_decoder.style_convs[0].weight.fill_(0.5)  # non-zero noise strength
-        lq_hr = _clips(size=64)
-        assert net(lq_hr).shape == (1, 3, 3, 64, 64)  # already at out_size: no x2 upsampling
+        lq_hr = _clips(t=2, size=64)
+        assert net(lq_hr).shape == (1, 2, 3, 64, 64)  # already at out_size: no x2 upsampling
         raw, clamped = net(lq_hr), net(lq_hr, clamp=True)
         torch.testing.assert_close(clamped, raw.clamp(0, 1))
         assert torch.equal(net(lq_hr), raw)  # 'zero' noise: deterministic
