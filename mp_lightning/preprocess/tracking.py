@@ -153,7 +153,9 @@ def link_tracks(
         new_faces = any(("d", di) not in used for di in range(len(boxes)))
         for ti, tr in enumerate(active):
             # unmatched while an unmatched face appeared: if this track never resumes, the face jumped
-            if ti not in used:
+            if ti in used:
+                tr.end_reason = "video ended"
+            elif tr.end_reason == "video ended":  # first keyframe it missed decides why it ends
                 tr.end_reason = "face jumped" if new_faces else "face lost"
         for di in range(len(boxes)):
             if ("d", di) not in used:
