@@ -410,6 +410,8 @@ class VoxCelebDataModule(L.LightningDataModule):
             empties = f"; empty identity folders: {scan.empty_identity_folders}" if scan.empty_identity_folders else ""
             where = f" (see {self.report_path})" if self.report_path else ""
             message = f"{len(scan.bad)} bad clip(s) in {scan.folder}{where}: {listed}{more}{empties}"
+            if not scan.bad:
+                message = f"empty identity folder(s) in {scan.folder}{where}: {scan.empty_identity_folders}"
             if cfg.strict:
                 raise DataError(f"data.strict is set and {message}")
             warnings.warn(f"left out {message}", RuntimeWarning, stacklevel=2)
@@ -429,6 +431,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         write_report(self.report_dir, report)
 
     def _dataset(self, split: str, train: bool) -> ClipSampleDataset:
+        clips = self._scan(split).clips
         perm = (self._spec or {}).get("flip_permutation")
         if train and self.config.augment_flip and self.config.use_landmarks and perm is None:
             raise DataError(
@@ -436,7 +439,7 @@ class VoxCelebDataModule(L.LightningDataModule):
                 " left/right landmarks; add one or set data.augment_flip=false"
             )
         log = None if self.report_dir is None else str(Path(self.report_dir) / "data_sample_failures.jsonl")
-        return ClipSampleDataset(self._scan(split).clips, self.config, train, perm, log, split)
+        return ClipSampleDataset(clips, self.config, train, perm, log, split)
 
     def setup(self, stage: str | None = None) -> None:
         cfg = self.config
