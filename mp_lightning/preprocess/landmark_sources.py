@@ -335,7 +335,6 @@ class MediaPipeMesh(LandmarkSource):
             "mouth_x_ids": list(_MESH_MOUTH_X),
             "mouth_y_ids": list(_MESH_MOUTH_Y),
             "gaze_ids": list(_MESH_IRIS_RING if self.refine else _MESH_EYELID_GAZE),
-            "source": "mediapipe 0.10.21 FaceMesh" + (" (refine_landmarks)" if self.refine else ""),
         }
 
     def close(self) -> None:
@@ -369,7 +368,6 @@ class MediaPipe68(LandmarkSource):
             "mouth_x_ids": [48, 54],
             "mouth_y_ids": [51, 57],
             "gaze_ids": [37, 38, 40, 41, 43, 44, 46, 47],
-            "source": "mediapipe 0.10.21 FaceMesh, iBUG-68 subset",
         }
 
     def close(self) -> None:

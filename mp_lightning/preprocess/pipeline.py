@@ -534,7 +534,7 @@ def _report(raw: Path, out: Path, settings: Settings, spec: dict | None, entries
     reasons: dict[str, int] = {}
     for v in videos:
         if v["status"] != "ok":
-            key = v["status"] if v["status"] != "error" else "error: " + v.get("reason", "")[:60]
+            key = v["status"] if v["status"] != "error" else "error: " + v.get("reason", "").split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
         for d in v.get("dropped", []):
             key = "clip " + d["reason"].split(" (")[0]
