@@ -87,7 +87,7 @@ def test_landmarks_follow_the_rendered_face():
             x, y = lms[synthetic.GROUPS[f"{side}_iris"][8]] * size - 0.5
             xi, yi = int(round(x)), int(round(y))
             assert gray[yi, xi] < 60, (f, side, gray[yi, xi])
-        # the mouth interior is dark inside the inner lip loop only when the mouth is open
+        # the middle of the face contour is skin
         x, y = lms[synthetic.GROUPS["contour"]].mean(0) * size - 0.5
         assert np.abs(img[int(y), int(x)].astype(float) - np.array(ident.skin)).max() < 40
 
