@@ -318,3 +318,19 @@ def test_cli_reports_a_faceless_folder(raw_dir, tmp_path, capsys):
     assert "0 clips" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / pipeline.REPORT_NAME).read_text())
     assert report["videos"][0]["status"] == "no face" and not (tmp_path / "out" / "landmarks.json").exists()
+
+
+@needs_mediapipe
+def test_identity_embedding_written_when_an_embedder_is_available(raw_dir, tmp_path, monkeypatch):
+    """With the VGGFace2 weights absent the run skips embeddings (covered above); with an embedder (random
+    weights here) each clip gets a unit-norm <clip>.identity.npy."""
+    from mp_lightning.networks.identity import EMBEDDING_DIM, FaceEmbedder
+
+    monkeypatch.setitem(pipeline._CACHE, "emb", FaceEmbedder(pretrained=False))
+    job = pipeline.VideoJob(str(raw_dir / "astronaut" / "moving.mp4"), "astronaut/moving.mp4", "astronaut", "train",
+                            "moving", str(tmp_path), _settings(landmarks="none"))
+    entry = pipeline.process_video(job)
+    assert entry["clips"][0]["identity_embedding"] == "written"
+    emb = np.load(tmp_path / "train" / "astronaut" / "moving" / "00000.identity.npy")
+    assert emb.shape == (EMBEDDING_DIM,) and emb.dtype == np.float32 and abs(np.linalg.norm(emb) - 1) < 1e-4
+    assert not (tmp_path / "train" / "astronaut" / "moving" / "00000.landmarks.npy").exists()
