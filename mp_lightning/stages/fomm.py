@@ -1,0 +1,238 @@
+"""FOMM baseline (First Order Motion Model, vox-256) as a stage: same data, callbacks and metrics as MetaPortrait.
+
+Training follows the official `modules/model.py` / `train.py` (BASELINES.md 1.5): keypoints of source and
+driving from the keypoint detector, the occlusion-aware generator reconstructs the driving frame; losses
+are the pyramid VGG19 perceptual loss and the equivariance value/jacobian losses under a random TPS
+transform, plus (vox-adv only: `losses.generator_gan > 0`) LSGAN with feature matching against a
+multi-scale discriminator that also sees the driving keypoint heatmaps. Three Adam optimisers (generator,
+keypoint detector, discriminator), the detector stepped from the generator's backward pass; MultiStepLR
+per epoch.
+
+Official checkpoints load through `mp-lightning import-checkpoint fomm vox-cpk.pth.tar --out X.ckpt`
+(see `mp_lightning.checkpoints.fomm`, which also decides the grid_sample convention).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from mp_lightning.equivariance import TransformParams, equivariance_losses
+from mp_lightning.motion import expand_kp, transfer_motion
+from mp_lightning.networks.fomm import FOMMNetConfig, KPDetector, OcclusionAwareGenerator, build_fomm_discriminator
+from mp_lightning.stages.base import Stage, load_init_weights
+
+
+@dataclass
+class FOMMPerceptualConfig:
+    pretrained: bool = True  # ImageNet VGG19 (`mp-lightning weights`); false = random, tests only
+    scales: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+    layer_weights: List[float] = field(default_factory=lambda: [10.0] * 5)  # relu1_1 ... relu5_1
+
+
+@dataclass
+class FOMMLossWeights:
+    perceptual: float = 1.0  # multiplies the perceptual layer weights
+    equivariance_value: float = 10.0
+    equivariance_jacobian: float = 10.0
+    generator_gan: float = 0.0  # vox-256: 0 (no GAN); vox-adv-256: 1
+    discriminator_gan: float = 1.0
+    feature_matching: List[float] = field(default_factory=lambda: [10.0, 10.0, 10.0, 10.0])  # per disc block
+
+
+@dataclass
+class FOMMOptimConfig:
+    lr_generator: float = 2e-4
+    lr_kp_detector: float = 2e-4
+    lr_discriminator: float = 2e-4
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    lr_milestones: List[int] = field(default_factory=lambda: [60, 90])  # epochs; vox-adv: none
+    lr_gamma: float = 0.1
+
+
+@dataclass
+class FOMMStageConfig:
+    net: FOMMNetConfig = field(default_factory=FOMMNetConfig)
+    perceptual: FOMMPerceptualConfig = field(default_factory=FOMMPerceptualConfig)
+    losses: FOMMLossWeights = field(default_factory=FOMMLossWeights)
+    transform: TransformParams = field(default_factory=TransformParams)  # equivariance TPS sigmas
+    optim: FOMMOptimConfig = field(default_factory=FOMMOptimConfig)
+    relative: bool = True  # animation: relative motion (demo --relative) or absolute
+    adapt_movement_scale: bool = True  # animation: scale relative motion by hull areas (demo --adapt_scale)
+    init_from: Optional[str] = None  # start from this checkpoint's weights (any mp-lightning checkpoint)
+
+
+def keypoint_overlay(image: torch.Tensor, keypoints: torch.Tensor, radius: float = 0.03) -> torch.Tensor:
+    """Image (B, 3, H, W) in [0, 1] with keypoints (B, K, 2) in [-1, 1] drawn as coloured dots -> (B, 3, H, W)."""
+    from mp_lightning.networks.blocks import kp2gaussian
+
+    b, k = keypoints.shape[:2]
+    blobs = kp2gaussian(keypoints.detach().to(image.dtype), image.shape[2:], radius ** 2)  # (B, K, H, W)
+    hue = torch.arange(k, device=image.device, dtype=image.dtype) / max(k, 1)
+    phases = torch.tensor([0.0, 1 / 3, 2 / 3], device=image.device, dtype=image.dtype)
+    colors = 0.5 + 0.5 * torch.cos(2 * torch.pi * (hue[:, None] + phases[None]))  # (K, 3)
+    alpha, idx = blobs.max(dim=1)  # strongest dot per pixel
+    color = colors[idx].permute(0, 3, 1, 2)
+    alpha = (alpha.unsqueeze(1) * 1.5).clamp(0, 1)
+    return image * (1 - alpha) + color * alpha
+
+
+class FOMMStage(Stage):
+    """FOMM on `pairs` batches. forward(batch) -> prediction (B, 3, H, W) in [0, 1], deformed, occlusion_map
+    (B, 1, h, w), deformation (B, h, w, 2), mask, kp_source / kp_driving (B, K, 2) with their `_jacobian`
+    (B, K, 2, 2), keypoints_overlay (driving frame with its keypoints, for the media callback)."""
+
+    Config = FOMMStageConfig
+
+    def __init__(self, config: dict, landmark_spec: dict | None = None):
+        super().__init__(config, landmark_spec)
+        from mp_lightning.networks.perceptual import VGGPerceptualLoss
+
+        hp = self.hp
+        self.automatic_optimization = False
+        self.kp_detector = KPDetector.from_config(hp.net)
+        self.generator = OcclusionAwareGenerator.from_config(hp.net)
+        # always built: official checkpoints carry it even when vox-256 never trains it
+        self.discriminator = build_fomm_discriminator(hp.net)
+        weights = [w * hp.losses.perceptual for w in hp.perceptual.layer_weights]
+        self.perceptual = VGGPerceptualLoss(scales=hp.perceptual.scales, layer_weights=weights,
+                                            pretrained=hp.perceptual.pretrained)
+        if hp.init_from:
+            load_init_weights(self, hp.init_from, prefixes=("kp_detector.", "generator.", "discriminator."))
+
+    @classmethod
+    def from_networks(cls, kp_detector, generator, discriminator, net_config: FOMMNetConfig,
+                      config: dict | None = None) -> "FOMMStage":
+        """A stage holding the given (e.g. imported official) networks. `config` is a full experiment dict;
+        by default a minimal one for `stage: fomm` with the net config (data.image_size 256)."""
+        net = OmegaConf.to_container(OmegaConf.structured(net_config))
+        if config is None:
+            config = {"stage": "fomm", "name": "fomm_imported", "data": {"image_size": 256},
+                      "model": {"net": net, "perceptual": {"pretrained": False}}}
+        else:
+            config = OmegaConf.to_container(OmegaConf.merge(config, {"stage": "fomm", "model": {"net": net}}))
+        stage = cls(config)
+        stage.kp_detector.load_state_dict(kp_detector.state_dict())
+        stage.generator.load_state_dict(generator.state_dict())
+        if discriminator is not None:
+            stage.discriminator.load_state_dict(discriminator.state_dict())
+        return stage.eval()
+
+    # --- inference ------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict:
+        source, driving = batch["source"], batch["driving"]
+        kp_source = self.kp_detector(source)
+        kp_driving = self.kp_detector(driving)
+        out = self.generator(source, kp_driving=kp_driving, kp_source=kp_source)
+        out["kp_source"], out["kp_driving"] = kp_source["value"], kp_driving["value"]
+        if "jacobian" in kp_driving:
+            out["kp_source_jacobian"], out["kp_driving_jacobian"] = kp_source["jacobian"], kp_driving["jacobian"]
+        if not self.training:
+            out["keypoints_overlay"] = keypoint_overlay(driving, kp_driving["value"])
+        return out
+
+    @torch.no_grad()
+    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, relative: Optional[bool] = None,
+                adapt_movement_scale: Optional[bool] = None, batch_size: int = 8, progress: bool = False,
+                **_ignored) -> torch.Tensor:
+        """(T, 3, H, W) predictions in [0, 1] for source (3, H, W) and driving (T, 3, H, W) in [0, 1].
+
+        Landmarks are not used (FOMM finds its own keypoints). `relative` (default: model.relative) moves
+        the source keypoints by the driving motion relative to frame 0, with `adapt_movement_scale`
+        (default: model.adapt_movement_scale); `relative=False` is absolute motion.
+        """
+        relative = self.hp.relative if relative is None else relative
+        adapt = self.hp.adapt_movement_scale if adapt_movement_scale is None else adapt_movement_scale
+        device = self.device
+        source = source.reshape(1, *source.shape[-3:]).to(device)
+        kp_source = self.kp_detector(source)
+        kp_initial = self.kp_detector(driving[:1].to(device))
+        steps = range(0, driving.shape[0], batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="animate", unit="batch")
+        frames = []
+        for start in steps:
+            drv = driving[start:start + batch_size].to(device)
+            n = drv.shape[0]
+            kp_src_n = expand_kp(kp_source, n)
+            kp_drv = transfer_motion(kp_src_n, self.kp_detector(drv), expand_kp(kp_initial, n),
+                                     mode="relative" if relative else "absolute", adapt_movement_scale=adapt)
+            pred = self.generator(source.expand(n, -1, -1, -1), kp_driving=kp_drv, kp_source=kp_src_n)["prediction"]
+            frames.append(pred.clamp(0, 1).cpu())
+        return torch.cat(frames)
+
+    # --- training -------------------------------------------------------------------------------------
+    def generator_losses(self, batch: dict, out: dict, kp_driving: dict) -> dict:
+        from mp_lightning import losses as L
+
+        w = self.hp.losses
+        pyramid = self.perceptual.pyramid
+        pred_pyr, target_pyr = pyramid(out["prediction"]), pyramid(batch["driving"])
+        terms = {"perceptual": self.perceptual.forward_pyramids(pred_pyr, target_pyr)}
+        if w.equivariance_value or w.equivariance_jacobian:
+            eq = equivariance_losses(
+                self.kp_detector, batch["driving"], kp_driving, params=self.hp.transform,
+                value_weight=w.equivariance_value, jacobian_weight=w.equivariance_jacobian,
+                align_corners=self.hp.net.align_corners,
+            )
+            terms.update({k: v for k, v in eq.items() if k.startswith("equivariance_")})
+        if w.generator_gan:
+            kp_d = {"value": kp_driving["value"].detach()}
+            fake = self.discriminator(pred_pyr, kp=kp_d)
+            terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake)
+            if sum(w.feature_matching):
+                real = self.discriminator(target_pyr, kp=kp_d)
+                terms["feature_matching"] = L.feature_matching_loss(real, fake, list(w.feature_matching))
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int):
+        from mp_lightning import losses as L
+
+        opt_g, opt_kp, opt_d = self.optimizers()
+        n = batch["source"].shape[0]
+        kp_source = self.kp_detector(batch["source"])
+        kp_driving = self.kp_detector(batch["driving"])
+        out = self.generator(batch["source"], kp_driving=kp_driving, kp_source=kp_source)
+        terms = self.generator_losses(batch, out, kp_driving)
+        opt_g.zero_grad(set_to_none=True)
+        opt_kp.zero_grad(set_to_none=True)
+        # one backward feeds both the generator and the keypoint detector (official train.py)
+        self.manual_backward(terms["loss"])
+        opt_g.step()
+        opt_kp.step()
+        if self.hp.losses.generator_gan:
+            pyramid = self.perceptual.pyramid
+            kp_d = {"value": kp_driving["value"].detach()}
+            real = self.discriminator(pyramid(batch["driving"]), kp=kp_d)
+            fake = self.discriminator(pyramid(out["prediction"].detach()), kp=kp_d)
+            d_loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+            terms["discriminator"] = d_loss
+        self.log_losses(terms, batch_size=n)
+        return terms["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        scheds = self.lr_schedulers() or []
+        if not self.hp.losses.generator_gan:
+            scheds = scheds[:2]  # the discriminator never steps without the GAN term (vox-256)
+        for sched in scheds:
+            sched.step()
+
+    def configure_optimizers(self):
+        o = self.hp.optim
+        betas = tuple(o.betas)
+        opts = [
+            torch.optim.Adam(self.generator.parameters(), lr=o.lr_generator, betas=betas),
+            torch.optim.Adam(self.kp_detector.parameters(), lr=o.lr_kp_detector, betas=betas),
+            torch.optim.Adam(self.discriminator.parameters(), lr=o.lr_discriminator, betas=betas),
+        ]
+        scheds = [{"scheduler": torch.optim.lr_scheduler.MultiStepLR(opt, list(o.lr_milestones), o.lr_gamma),
+                   "interval": "epoch"} for opt in opts]
+        return opts, scheds
