@@ -118,36 +118,38 @@ class RefineStage(MetaPortraitStage):
 
         w = self.hp.losses
         pred, target = out["prediction_raw"], batch["driving"]
+        pyramid = self.perceptual.pyramid
+        pred_pyr, target_pyr = pyramid(pred), pyramid(target)
         terms = {
             "warp_perceptual": w.warp_perceptual * self.perceptual(out["deformed"], target),
-            "perceptual": w.perceptual * self.perceptual(pred, target),
+            "perceptual": w.perceptual * self.perceptual.forward_pyramids(pred_pyr, target_pyr),
         }
-        pyramid = self.perceptual.pyramid
         if w.eye > 0:
-            terms["eye"] = w.eye * L.masked_pyramid_loss(pyramid, pred, target, batch["eye_mask"])
+            terms["eye"] = w.eye * L.eye_loss(pred_pyr, target_pyr, batch["eye_mask"])
         if w.mouth > 0:
-            terms["mouth"] = w.mouth * L.masked_pyramid_loss(pyramid, pred, target, batch["mouth_mask"])
+            terms["mouth"] = w.mouth * L.mouth_loss(pred_pyr, target_pyr, batch["mouth_mask"])
         if w.identity > 0:
             with torch.no_grad():
                 reference = self.face_embedder(batch["source"])
             terms["identity"] = w.identity * L.identity_loss(self.face_embedder(pred), reference)
         if adversarial and (w.generator_gan > 0 or w.feature_matching > 0):
-            fake_feats, fake_logits = self.discriminator(pred)
-            with torch.no_grad():
-                real_feats, _ = self.discriminator(target)
+            fake = self.discriminator(pred)
             if w.generator_gan > 0:
-                terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake_logits)
+                terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake)
             if w.feature_matching > 0:
-                terms["feature_matching"] = w.feature_matching * L.feature_matching_loss(real_feats, fake_feats)
+                with torch.no_grad():
+                    real = self.discriminator(target)
+                weights = [w.feature_matching] * self.hp.discriminator.num_blocks
+                terms["feature_matching"] = L.feature_matching_loss(real, fake, weights)
         terms["loss"] = sum(terms.values())
         return terms
 
     def discriminator_losses(self, batch: dict, out: dict) -> dict[str, torch.Tensor]:
         from mp_lightning import losses as L
 
-        _, real_logits = self.discriminator(batch["driving"])
-        _, fake_logits = self.discriminator(out["prediction_raw"].detach())
-        loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real_logits, fake_logits)
+        real = self.discriminator(batch["driving"])
+        fake = self.discriminator(out["prediction_raw"].detach())
+        loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
         return {"discriminator": loss}
 
     # --- training -----------------------------------------------------------------------------------

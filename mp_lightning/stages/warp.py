@@ -55,11 +55,11 @@ class MetaPortraitStage(Stage):
     def __init__(self, config: dict, landmark_spec: dict | None = None):
         super().__init__(config, landmark_spec)
         from mp_lightning.landmarks import LandmarkSpec
-        from mp_lightning.networks.perceptual import PyramidPerceptualLoss
+        from mp_lightning.networks.perceptual import VGGPerceptualLoss
 
         hp = self.hp
         if hp.landmarks:
-            self.landmark_spec = LandmarkSpec.preset(hp.landmarks)
+            self.landmark_spec = LandmarkSpec.from_json({"preset": hp.landmarks})
         elif landmark_spec is not None:
             self.landmark_spec = LandmarkSpec.from_json(landmark_spec)
         else:
@@ -67,7 +67,7 @@ class MetaPortraitStage(Stage):
 
             raise ConfigError("the data has no landmarks.json and 'model.landmarks' names no preset (e.g. official669)")
         self.generator = MetaPortraitGenerator(hp.net)
-        self.perceptual = PyramidPerceptualLoss(
+        self.perceptual = VGGPerceptualLoss(
             scales=hp.perceptual.scales, layer_weights=hp.perceptual.layer_weights, pretrained=hp.perceptual.pretrained
         )
         if hp.init_from:
