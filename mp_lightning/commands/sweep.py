@@ -1,7 +1,7 @@
-"""`mp-lightning sweep SWEEP.yaml [key=value ...] [--local] [--max-runs N] [--dir DIR]`."""
+"""`mp-lightning sweep [--local] [--max-runs N] [--dir DIR] SWEEP.yaml [key=value ...]` (options first)."""
 NAME = "sweep"
 HELP = ("Run a W&B sweep file (experiments/sweeps/*.yaml): with a W&B account (creates the sweep, starts an agent), "
-        "or --local without a server (grid/random/bayes, offline runs, resumable)")
+        "or --local without a server (grid/random/bayes, offline runs, resumable); options before the file")
 
 
 def add_arguments(parser):

@@ -1,0 +1,156 @@
+"""Sweep files are valid W&B sweeps of real config keys; the local sweep engine runs, records and resumes."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import EXPERIMENTS, REPO, tiny_overrides
+
+SWEEP_FILES = sorted((EXPERIMENTS / "sweeps").glob("*.yaml"))
+
+# a trial short enough for CPU tests, that still validates once (so val/lpips exists) and logs offline to W&B
+TRIAL = [
+    "trainer.max_steps=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false",
+    "callbacks.media.enabled=false",
+]
+
+
+def test_sweep_files_exist():
+    assert len(SWEEP_FILES) >= 3
+    methods = {yaml.safe_load(p.read_text())["method"] for p in SWEEP_FILES}
+    assert methods == {"grid", "random", "bayes"}
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
+def test_sweep_file_is_valid_wandb_sweep(path, monkeypatch):
+    import warnings
+
+    from sweeps import SweepConfig, schema_violations_from_proposed_config
+
+    from mp_lightning.config.compose import compose
+    from mp_lightning.sweep import _suggest, experiment_and_fixed_args, load_sweep_config
+
+    raw = yaml.safe_load(path.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert schema_violations_from_proposed_config(raw) == []
+        SweepConfig(raw)  # W&B's own JSON-schema validation raises on an invalid file
+    assert raw["metric"] == {"name": "val/lpips", "goal": "minimize"}
+    assert "${args_no_hyphens}" in raw["command"]
+    config = load_sweep_config(path)
+    experiment, fixed = experiment_and_fixed_args(config)
+    # every swept key is a real config key: the first suggestion composes with the experiment
+    monkeypatch.chdir(REPO)
+    params = _suggest(config, {"trials": []})
+    assert set(params) == set(raw["parameters"])
+    compose(experiment, [*fixed, *(f"{k}={v}" for k, v in params.items())])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"command": ["${env}", "mp-lightning", "train", "x.yaml"]}, "args_no_hyphens"),
+    ({"method": "annealing"}, "annealing"),
+    ({"metric": None}, "metric"),
+    ({"command": ["${env}", "mp-lightning", "eval", "${args_no_hyphens}"]}, "train"),
+])
+def test_invalid_sweep_files_are_rejected(tmp_path, change, message):
+    from mp_lightning.errors import ConfigError
+    from mp_lightning.sweep import load_sweep_config
+
+    raw = yaml.safe_load(SWEEP_FILES[0].read_text())
+    raw.update(change)
+    raw = {k: v for k, v in raw.items() if v is not None}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message):
+        load_sweep_config(path)
+
+
+def test_override_values_are_dotlist_strings():
+    import numpy as np
+
+    from mp_lightning.sweep import as_override_value
+
+    assert as_override_value(np.float64(0.5)) == "0.5"
+    assert as_override_value(True) == "true"
+    assert as_override_value([1, 2]) == "[1,2]"
+    assert as_override_value(None) == "null"
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tiny_data, tmp_path_factory):
+    """A 3-trial local grid whose middle trial raises (an invalid learning rate)."""
+    from mp_lightning.sweep import run_local_sweep
+
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_file = root / "tiny_grid.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "tiny_grid", "program": "mp-lightning", "method": "grid",
+        "metric": {"name": "val/lpips", "goal": "minimize"},
+        "parameters": {"model.optim.lr": {"values": [0.001, "not_a_number", 0.002]}},
+        "command": ["${env}", "mp-lightning", "train", str(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml"),
+                    "${args_no_hyphens}"],
+    }))
+    extra = [o for o in tiny_overrides(tiny_data, root) if not o.startswith("logger.type")] + TRIAL
+    sweep_dir = root / "runs"
+    state = run_local_sweep(sweep_file, extra, sweep_dir=sweep_dir, quiet=True)
+    return {"file": sweep_file, "extra": extra, "dir": sweep_dir, "state": state}
+
+
+@pytest.mark.slow
+def test_local_grid_sweep_runs_trials_as_offline_wandb_runs(local_sweep):
+    state, sweep_dir = local_sweep["state"], local_sweep["dir"]
+    finished = [t for t in state["trials"] if t["state"] == "finished"]
+    assert [t["params"]["model.optim.lr"] for t in finished] == [0.001, 0.002]
+    for trial in finished:
+        run_dir = Path(trial["run_dir"])
+        assert run_dir.parent == sweep_dir
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one offline W&B run per trial
+        assert trial["metric"] is not None and trial["metric"] == pytest.approx(trial["metrics"]["val/lpips"])
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["logger"]["group"] == "tiny_grid" and config["name"] == f"tiny_grid/{trial['name']}"
+        assert config["model"]["optim"]["lr"] == trial["params"]["model.optim.lr"]
+    summary = Path(state["summary_md"]).read_text()
+    assert summary.count("| trial00") == 3 and "val/lpips" in summary
+    rows = list(csv.reader(open(state["summary_csv"])))
+    assert rows[0][:3] == ["trial", "state", "val/lpips"] and len(rows) == 4
+    assert rows[-1][1] == "failed"  # failed trials sort last
+    saved = json.loads((sweep_dir / "sweep_state.json").read_text())
+    assert [t["state"] for t in saved["trials"]] == ["finished", "failed", "finished"]
+
+
+@pytest.mark.slow
+def test_trial_that_raises_is_recorded_and_the_sweep_goes_on(local_sweep):
+    failed = local_sweep["state"]["trials"][1]
+    assert failed["state"] == "failed" and failed["returncode"] != 0
+    assert "model.optim.lr" in failed["error"]
+    assert local_sweep["state"]["trials"][2]["state"] == "finished"  # the trial after it still ran
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_where_it_stopped(local_sweep):
+    from mp_lightning.sweep import run_local_sweep
+
+    sweep_dir = local_sweep["dir"]
+    state_path = sweep_dir / "sweep_state.json"
+    state = json.loads(state_path.read_text())
+    state["trials"][1]["state"] = "running"  # as if the sweep was killed during trial001
+    state_path.write_text(json.dumps(state))
+    log0 = (sweep_dir / "trial000" / "trial.log").stat().st_mtime_ns
+    log1 = (sweep_dir / "trial001" / "trial.log").stat().st_mtime_ns
+    resumed = run_local_sweep(local_sweep["file"], local_sweep["extra"], sweep_dir=sweep_dir, quiet=True)
+    assert [t["name"] for t in resumed["trials"]] == ["trial000", "trial001", "trial002"]  # no new trial
+    assert [t["state"] for t in resumed["trials"]] == ["finished", "failed", "finished"]
+    assert (sweep_dir / "trial000" / "trial.log").stat().st_mtime_ns == log0  # finished trials kept
+    assert (sweep_dir / "trial001" / "trial.log").stat().st_mtime_ns != log1  # the running one re-ran
+
+
+def test_sweep_command_is_registered():
+    from mp_lightning.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "--local", "--max-runs", "2", "s.yaml", "data.root=x"])
+    assert args.local and args.max_runs == 2 and args.overrides == ["data.root=x"]
