@@ -318,6 +318,7 @@ def run_online_sweep(
     project: str | None = None,
     entity: str | None = None,
     sweep_dir: str | Path | None = None,
+    create_only: bool = False,
 ) -> str:
     """Create the sweep on the W&B server (or join ``sweep_id``) and run an agent here.
 
@@ -337,7 +338,9 @@ def run_online_sweep(
     sweep_dir = Path(sweep_dir) if sweep_dir else Path("runs") / "sweeps" / name
     if sweep_id is None:
         sweep_id = wandb.sweep(sweep=config, project=project, entity=entity)
-    print(f"sweep id: {sweep_id}  (more agents: mp-lightning sweep {sweep_file} --sweep-id {sweep_id})")
+    print(f"sweep id: {sweep_id}  (more agents: mp-lightning sweep --sweep-id {sweep_id} {sweep_file})")
+    if create_only:
+        return sweep_id
 
     def trial() -> None:
         run = wandb.init()

@@ -15,6 +15,7 @@ def add_arguments(parser):
                              "default: the whole grid, or 10); online: trials for this agent")
     parser.add_argument("--dir", default=None, help="sweep directory (default runs/sweeps/<sweep name>)")
     parser.add_argument("--sweep-id", default=None, help="online: join this existing sweep instead of creating one")
+    parser.add_argument("--create-only", action="store_true", help="online: create the sweep, print its id, start no agent")
     parser.add_argument("--project", default=None, help="online: W&B project (default: the file's, or mp-lightning)")
     parser.add_argument("--entity", default=None, help="online: W&B entity (default: the file's, or your default)")
 
@@ -28,5 +29,6 @@ def run(args) -> int:
         print(f"{len(state['trials'])} trials ({failed} failed); summary: {state['summary_md']}, {state['summary_csv']}")
         return 0
     run_online_sweep(args.sweep, args.overrides, count=args.max_runs, sweep_id=args.sweep_id,
-                     project=args.project, entity=args.entity, sweep_dir=args.dir)
+                     project=args.project, entity=args.entity, sweep_dir=args.dir,
+                     create_only=args.create_only)
     return 0
