@@ -39,21 +39,23 @@ def test_forward_contract(tiny_data):
     assert out["deformation"].shape[-1] == 2
 
 
+@pytest.mark.slow
 def test_tiny_warp_stage_overfits_one_batch(tiny_data):
     """The warp loss on one fixed batch must fall by at least half within a few dozen CPU steps."""
     from mp_lightning.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = compose(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml",
-                  tiny_overrides(tiny_data, tiny_data / "runs", "data.augment_flip=false", "model.optim.lr=3e-3"))
+                  tiny_overrides(tiny_data, tiny_data / "runs", "data.augment_flip=false",
+                                 "model.perceptual.scales=[1.0]"))
     dm = build_datamodule(cfg)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     stage = build_stage(cfg, dm)
     batch = stage.prepare(batch)
-    opt = torch.optim.Adam(stage.generator.warp_parameters(), lr=3e-3, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(stage.generator.warp_parameters(), lr=1e-3, betas=(0.5, 0.999))
     losses = []
-    for _ in range(40):
+    for _ in range(60):
         loss = stage.warp_loss(stage.warp(batch), batch)
         opt.zero_grad()
         loss.backward()

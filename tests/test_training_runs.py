@@ -1,0 +1,107 @@
+"""Whole runs through the real entry points: resume after a kill, W&B offline files, eval, animate."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mp_lightning.cli import main
+from tests.conftest import EXPERIMENTS, REPO, tiny_overrides
+
+WARP_TINY = EXPERIMENTS / "metaportrait" / "warp_tiny.yaml"
+
+
+def _train_cmd(data, runs, *extra):
+    return [sys.executable, "-m", "mp_lightning", "train", str(WARP_TINY),
+            *tiny_overrides(data, runs, "name=resumable", "callbacks.checkpoint.every_n_train_steps=2",
+                            "trainer.check_val_every_n_epoch=1000", "callbacks.metrics=false", *extra)]
+
+
+@pytest.mark.slow
+def test_train_kill_resume_continues_from_last_checkpoint(tiny_data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(_train_cmd(tiny_data, tmp_path, "trainer.max_steps=1000"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = tmp_path / "resumable" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if last.is_file() and torch.load(last, weights_only=False, map_location="cpu")["global_step"] >= 4:
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # a hard kill: no chance to write anything at exit
+        proc.wait()
+    killed_at = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert killed_at >= 2
+    resumed = subprocess.run(_train_cmd(tiny_data, tmp_path, f"trainer.max_steps={killed_at + 4}"), cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "last.ckpt" in resumed.stdout
+    summary = json.loads((tmp_path / "resumable" / "train_summary.json").read_text())
+    # continued from the killed run's step, not from zero: only the 4 missing steps were run
+    assert summary["global_step"] == killed_at + 4
+    final = torch.load(last, weights_only=False, map_location="cpu")
+    assert final["global_step"] == killed_at + 4
+
+
+def test_wandb_offline_run_holds_metrics_and_media_and_resume_keeps_the_run_id(tiny_data, tmp_path):
+    args = ["train", str(WARP_TINY), *tiny_overrides(tiny_data, tmp_path, "name=wb", "logger.type=wandb",
+                                                       "trainer.max_steps=2", "trainer.check_val_every_n_epoch=1",
+                                                       "trainer.limit_val_batches=1", "data.samples_per_epoch=4",
+                                                       "callbacks.media.video_frames=4")]
+    assert main(args) == 0
+    run_dir = tmp_path / "wb"
+    run_id = (run_dir / "checkpoints" / "wandb_id.txt").read_text().strip()
+    offline = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert offline, list((run_dir / "wandb").glob("*"))
+    files = offline[0] / "files"
+    assert list((files / "media" / "images").rglob("*.png")), "no image grid logged"
+    assert list((files / "media" / "videos").rglob("*.mp4")), "no clip logged"
+    wandb_file = next(offline[0].glob("*.wandb")).read_bytes()
+    for key in (b"train/loss", b"val/lpips", b"val/psnr", b"val/samples"):
+        assert key in wandb_file, key
+    assert (run_dir / "wandb_cache").is_dir()  # W&B's cache/config/data dirs are kept inside the run
+    # a second invocation resumes the same W&B run id
+    assert main(args + ["trainer.max_steps=4"]) == 0
+    assert (run_dir / "checkpoints" / "wandb_id.txt").read_text().strip() == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+
+
+def test_eval_writes_metrics_json_with_every_metric(tiny_data, tmp_path):
+    from mp_lightning.config.compose import compose
+    from mp_lightning.stages.base import save_stage_checkpoint
+    from mp_lightning.training import build_datamodule, build_stage
+
+    cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "name=ev"))
+    stage = build_stage(cfg, build_datamodule(cfg))
+    ckpt = save_stage_checkpoint(stage, tmp_path / "w.ckpt")
+    assert main(["eval", str(WARP_TINY), *tiny_overrides(tiny_data, tmp_path, "name=ev", f"ckpt_path={ckpt}")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())["metrics"]
+    for key in ("test/lpips", "test/psnr", "test/ssim", "test/l1", "test/id_similarity", "test/aed",
+                "test/cross/id_similarity", "test/cross/aed"):
+        assert key in metrics, sorted(metrics)
+    assert (tmp_path / "ev" / "eval" / "metrics.md").read_text().count("|") > 10
+
+
+def test_animate_writes_a_playable_mp4_with_the_right_frame_count(tiny_data, tmp_path):
+    from mp_lightning.config.compose import compose
+    from mp_lightning.stages.base import save_stage_checkpoint
+    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.video import read_video
+
+    cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path))
+    ckpt = save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / "w.ckpt")
+    clips = sorted((tiny_data / "test").rglob("*.mp4"))
+    out = tmp_path / "anim.mp4"
+    assert main(["animate", "--checkpoint", str(ckpt), "--source", str(clips[0]), "--driving", str(clips[1]),
+                 "--out", str(out), "--side-by-side", "--device", "cpu"]) == 0
+    frames = read_video(out)
+    assert frames.shape == (len(read_video(clips[1])), 64, 3 * 64, 3)
