@@ -154,3 +154,39 @@ def test_sweep_command_is_registered():
 
     args = build_parser().parse_args(["sweep", "--local", "--max-runs", "2", "s.yaml", "data.root=x"])
     assert args.local and args.max_runs == 2 and args.overrides == ["data.root=x"]
+
+
+def test_online_sweep_agent_trains_each_suggestion_in_the_agents_run(tmp_path, monkeypatch):
+    """No W&B server here: wandb.sweep/agent/init are stand-ins; the train command they lead to is checked."""
+    import wandb
+
+    import mp_lightning.sweep as sweep_mod
+
+    calls = {}
+
+    class FakeRun:
+        id = "run123"
+        config = {"model.optim.lr": 0.001, "model.optim.warp_lr_multiplier": 0.1}
+
+        def finish(self):
+            calls["finished"] = True
+
+    def fake_agent(sweep_id, function, count, project, entity):
+        calls["agent"] = (sweep_id, count, project)
+        function()
+
+    monkeypatch.setattr(wandb, "sweep", lambda sweep, project, entity: calls.setdefault("sweep", sweep) and "sw1")
+    monkeypatch.setattr(wandb, "agent", fake_agent)
+    monkeypatch.setattr(wandb, "init", lambda: FakeRun())
+    monkeypatch.setattr(sweep_mod.subprocess, "call", lambda cmd: calls.setdefault("cmd", cmd) and 0)
+    monkeypatch.chdir(REPO)
+    sweep_id = sweep_mod.run_online_sweep(EXPERIMENTS / "sweeps" / "warp_tiny_lr.yaml", ["data.root=x"], count=1,
+                                          sweep_dir=tmp_path)
+    assert sweep_id == "sw1" and calls["agent"] == ("sw1", 1, "mp-lightning") and calls["finished"]
+    cmd = calls["cmd"]
+    assert cmd[3:5] == ["train", "experiments/metaportrait/warp_tiny.yaml"]
+    for arg in ("model.optim.lr=0.001", "data.root=x", "logger.mode=online", "name=warp_tiny_lr/run123",
+                f"run_dir={tmp_path / 'run123'}", "trainer.max_steps=100"):
+        assert arg in cmd
+    # the train process continues the agent's W&B run
+    assert (tmp_path / "run123" / "checkpoints" / "wandb_id.txt").read_text().strip() == "run123"

@@ -1,0 +1,99 @@
+"""Ablation sets: every row file exists and composes; the tiny set trains, evaluates and tabulates every row."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import EXPERIMENTS, tiny_overrides
+
+PAPER = EXPERIMENTS / "paper"
+SETS = sorted(PAPER.glob("ablation_base*.yaml"))
+
+# two training steps, one validation and one test batch per set: enough to fill every table cell
+SHORT = [
+    "trainer.max_steps=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+    "callbacks.media.enabled=false",
+]
+
+
+@pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
+def test_ablation_sets_name_existing_composable_rows(path):
+    from mp_lightning.ablation import is_ablation_set, load_ablation_set
+    from mp_lightning.config.compose import compose
+
+    assert is_ablation_set(path)
+    ablation = load_ablation_set(path)
+    names = [r["name"] for r in ablation["rows"]]
+    assert {"warp_dense", "warp_sparse68", "refine_id_loss", "refine_no_id_loss"} <= set(names)
+    for row in ablation["rows"]:
+        if row.get("optional") and not Path(row["experiment"]).is_file():
+            continue
+        cfg = compose(row["experiment"], row["overrides"])
+        assert cfg.stage
+    rows = {r["name"]: compose(r["experiment"]) for r in ablation["rows"] if r["name"] != "personalization"
+            and Path(r["experiment"]).is_file()}
+    # each pair differs in what the paper ablates
+    assert rows["warp_dense"].stage == "warp" and rows["refine_id_loss"].stage == "refine"
+    assert rows["refine_id_loss"].model.losses.identity == 20.0
+    assert rows["refine_no_id_loss"].model.losses.identity == 0.0
+    assert rows["warp_sparse68"].data.root != rows["warp_dense"].data.root
+
+
+def test_row_files_state_only_their_change():
+    for path in PAPER.glob("ablation_*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        if raw.get("kind") == "ablation_set":
+            continue
+        assert raw.get("defaults"), f"{path.name} must extend its base through defaults:"
+        assert set(raw) <= {"defaults", "name", "model", "data", "stage"}, path.name
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "non-empty"),
+    ([{"name": "a"}], "experiment"),
+    ([{"name": "a", "experiment": "x.yaml", "init_from": "b"}], "earlier row"),
+    ([{"name": "a", "experiment": "x.yaml"}, {"name": "a", "experiment": "y.yaml"}], "twice"),
+])
+def test_bad_ablation_sets_are_rejected(tmp_path, rows, message):
+    from mp_lightning.ablation import load_ablation_set
+    from mp_lightning.errors import ConfigError
+
+    path = tmp_path / "set.yaml"
+    path.write_text(yaml.safe_dump({"kind": "ablation_set", "rows": rows}))
+    with pytest.raises(ConfigError, match=message):
+        load_ablation_set(path)
+
+
+@pytest.mark.slow
+def test_tiny_ablation_set_writes_a_table_with_every_row(tiny_data, tmp_path):
+    from mp_lightning.ablation import load_ablation_set, run_ablation
+
+    ablation = load_ablation_set(PAPER / "ablation_base_tiny.yaml")
+    out = tmp_path / "ablation"
+    result = run_ablation(PAPER / "ablation_base_tiny.yaml", tiny_overrides(tiny_data, tmp_path, *SHORT),
+                          out_dir=out, quiet=True)
+    assert [r["state"] for r in result["rows"]] == ["finished"] * len(ablation["rows"])
+    # the refinement rows start from the dense warp row's checkpoint
+    refine_cfg = yaml.safe_load((out / "refine_id_loss" / "config.yaml").read_text())
+    assert refine_cfg["model"]["init_from"] == str(out / "warp_dense" / "checkpoints" / "last.ckpt")
+
+    rows = list(csv.reader(open(result["table_csv"])))
+    assert rows[0] == ["variant", *ablation["columns"], "state"]
+    assert [r[0] for r in rows[1:]] == [r["label"] for r in ablation["rows"]]  # rows = variants, in order
+    for row in rows[1:]:
+        assert all(cell != "" for cell in row), row  # every metric of every row
+        float(row[1])
+    md = Path(result["table_md"]).read_text()
+    assert all(r["label"] in md for r in ablation["rows"]) and "test/lpips" in md
+    assert list((Path(result["wandb_dir"]) / "wandb").glob("offline-run-*/run-*.wandb"))
+
+    # a second call reuses every finished row instead of training again
+    again = run_ablation(PAPER / "ablation_base_tiny.yaml", tiny_overrides(tiny_data, tmp_path, *SHORT),
+                         out_dir=out, quiet=True, log_wandb_table=False)
+    assert [r["state"] for r in again["rows"]] == ["reused"] * len(ablation["rows"])
+    assert json.loads((out / "ablation_results.json").read_text())["name"] == "ablation_base_tiny"
