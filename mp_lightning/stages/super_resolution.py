@@ -1,0 +1,527 @@
+"""Stage 3 of MetaPortrait: temporally consistent super-resolution (256 -> 512 officially).
+
+Trained on `windows` batches: the ground truth is the window `frames` (B, T, 3, H, W) at `data.image_size`
+(= `model.net.out_size`), the low-quality input is half that size, made either from the ground truth
+(bicubic downsampling, optionally blurred / noised / JPEG-like compressed) or by a trained base-model
+checkpoint that re-animates each frame from the window's first frame (the official pipeline trains SR on
+base-model outputs). Losses follow the official GFPGAN-based training: L1 0.1, VGG19 perceptual 1 and Gram
+style 50 on pre-ReLU conv1_2 ... conv5_4 (layer weights 0.1, 0.1, 1, 1, 1), optional GAN; Adam (0.9, 0.99)
+at 1e-4 with a cosine schedule, and an EMA copy of the generator (0.999) that validation and export use.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mp_lightning.errors import ConfigError
+from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator
+from mp_lightning.stages.base import Stage
+
+LQ_SOURCES = ("downsample", "base_model")
+# torchvision VGG19 `features` indices of the pre-ReLU outputs conv1_2, conv2_2, conv3_4, conv4_4, conv5_4
+VGG19_PRE_RELU = (2, 7, 16, 25, 34)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class SRPerceptualConfig:
+    pretrained: bool = True  # ImageNet VGG19 (`mp-lightning weights`); false = random, tests / smoke runs only
+    layer_weights: List[float] = field(default_factory=lambda: [0.1, 0.1, 1.0, 1.0, 1.0])  # conv1_2..conv5_4
+
+
+@dataclass
+class SRLossConfig:
+    l1: float = 0.1  # official pixel_opt loss_weight
+    perceptual: float = 1.0  # official perceptual_weight
+    style: float = 50.0  # official style_weight (Gram matrices of the same VGG layers)
+    gan: float = 0.0  # > 0 turns the discriminator on (off by default: the official SR config trains without)
+
+
+@dataclass
+class SRGANConfig:
+    channels: int = 32  # width of the first discriminator conv (doubles per level, capped at 8x)
+    num_downs: int = 4  # stride-2 convs of the patch discriminator
+    lr: float = 1e-4
+
+
+@dataclass
+class SRDegradationConfig:
+    """Extra degradations of the bicubic LQ frames (training only unless `on_validation`)."""
+
+    blur_sigma: List[float] = field(default_factory=lambda: [0.0, 0.0])  # Gaussian blur sigma range (HR pixels)
+    noise_std: List[float] = field(default_factory=lambda: [0.0, 0.0])  # additive Gaussian noise range ([0, 1] units)
+    jpeg_quality: List[float] = field(default_factory=lambda: [100.0, 100.0])  # JPEG-like 8x8 DCT quantisation
+    on_validation: bool = False  # also degrade validation inputs (with a fixed seed)
+    seed: int = 0  # seed of the validation degradations
+
+
+@dataclass
+class SROptimConfig:
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    eta_min: float = 1e-7  # cosine schedule floor
+    cosine_steps: Optional[int] = None  # cosine period in steps; None = trainer.max_steps (or the estimated total)
+
+
+@dataclass
+class SRStageConfig:
+    net: TemporalSRConfig = field(default_factory=TemporalSRConfig)
+    losses: SRLossConfig = field(default_factory=SRLossConfig)
+    perceptual: SRPerceptualConfig = field(default_factory=SRPerceptualConfig)
+    gan: SRGANConfig = field(default_factory=SRGANConfig)
+    optim: SROptimConfig = field(default_factory=SROptimConfig)
+    ema_decay: float = 0.999  # official ema_decay; the EMA net is used for validation and export
+    ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)) so short runs are not dominated by the init
+    lq_source: str = "downsample"  # "downsample" (bicubic from the ground truth) or "base_model"
+    base_checkpoint: Optional[str] = None  # mp-lightning base-model checkpoint for lq_source=base_model
+    degradation: SRDegradationConfig = field(default_factory=SRDegradationConfig)
+    bicubic_skip: bool = False  # predict a residual over bicubic upsampling (not official; tiny CPU runs)
+    init_gfpgan: Optional[str] = None  # GFPGAN v1.3 BasicSR file: non-strict init, as the official training
+    chunk: int = 16  # frames per chunk of `upscale_clip` (official test chunk)
+    chunk_overlap: int = 4  # frames shared by consecutive chunks, cross-faded
+
+
+# ----------------------------------------------------------------------------------------------------------
+# losses and degradations
+
+
+class SRPerceptualStyleLoss(nn.Module):
+    """BasicSR-style perceptual + Gram style loss on frozen VGG19 pre-ReLU features.
+
+    forward(pred, target) with (N, 3, H, W) in [0, 1] -> (perceptual, style) scalars: sums over layers of
+    w_l * mean|phi_l(pred) - phi_l(target)| and w_l * mean|G_l(pred) - G_l(target)| with the Gram matrix
+    G = phi phi^T / (C H W). The target features are computed without gradients.
+    """
+
+    def __init__(self, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0), pretrained: bool = True):
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD
+
+        if len(layer_weights) != len(VGG19_PRE_RELU):
+            raise ConfigError(f"model.perceptual.layer_weights needs {len(VGG19_PRE_RELU)} values, got {len(layer_weights)}")
+        features = make_layers(cfgs["E"], batch_norm=False)
+        if pretrained:
+            from mp_lightning.errors import CheckpointError
+            from mp_lightning.weights import require
+
+            path = require("vgg19")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+            missing = [k for k in features.state_dict() if k not in feats]
+            if missing:
+                raise CheckpointError(f"{path} is not a torchvision VGG19 checkpoint: missing {missing[:4]}")
+            features.load_state_dict(feats, strict=False)
+        self.layer_weights = [float(w) for w in layer_weights]
+        last = max(i for i, w in zip(VGG19_PRE_RELU, self.layer_weights) if w != 0) if any(self.layer_weights) else 0
+        self.features = nn.Sequential(*[features[i] for i in range(last + 1)])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen feature extractor
+
+    def _features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        outs = []
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in VGG19_PRE_RELU:
+                outs.append(h)
+        return outs
+
+    @staticmethod
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        f = x.reshape(n, c, h * w)
+        return f @ f.transpose(1, 2) / (c * h * w)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor):
+        pred_feats = self._features(pred)
+        with torch.no_grad():
+            target_feats = self._features(target)
+        perceptual = pred.new_zeros(())
+        style = pred.new_zeros(())
+        for w, a, b in zip(self.layer_weights, pred_feats, target_feats):
+            if w == 0:
+                continue
+            perceptual = perceptual + w * F.l1_loss(a, b)
+            style = style + w * F.l1_loss(self.gram(a), self.gram(b))
+        return perceptual, style
+
+
+class PatchDiscriminator(nn.Module):
+    """Small non-saturating patch discriminator for the optional GAN loss: (N, 3, H, W) in [0, 1] -> (N, 1, h, w)."""
+
+    def __init__(self, channels: int = 32, num_downs: int = 4):
+        super().__init__()
+        layers: List[nn.Module] = [nn.Conv2d(3, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
+        ch = channels
+        for _ in range(num_downs):
+            nxt = min(ch * 2, channels * 8)
+            layers += [nn.utils.spectral_norm(nn.Conv2d(ch, nxt, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            ch = nxt
+        layers.append(nn.Conv2d(ch, 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 2 - 1)
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float32)
+    m = torch.cos(math.pi * (2 * k[None] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m
+
+
+# the standard JPEG luminance table; quality scales it the libjpeg way
+_JPEG_Q = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+
+
+def jpeg_like(x: torch.Tensor, quality: float) -> torch.Tensor:
+    """Blockwise 8x8 DCT quantisation of (N, 3, H, W) in [0, 1] (H, W multiples of 8), per channel.
+
+    Not a real JPEG codec (no chroma subsampling / entropy coding): only its blocking and ringing artefacts."""
+    if quality >= 100:
+        return x
+    n, c, h, w = x.shape
+    if h % 8 or w % 8:
+        return x
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    q = ((_JPEG_Q * scale + 50) / 100).floor().clamp(min=1).to(x)
+    d = _dct_matrix().to(x)
+    blocks = (x * 255 - 128).reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
+    coef = d @ blocks @ d.T
+    coef = torch.round(coef / q) * q
+    out = (d.T @ coef @ d).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
+    return ((out + 128) / 255).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., 3, h, w) -> (..., 3, size, size), antialiased bicubic, clamped to [0, 1]."""
+    lead = x.shape[:-3]
+    flat = x.reshape(-1, *x.shape[-3:])
+    out = F.interpolate(flat, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp(0, 1).reshape(*lead, 3, size, size)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-frame PSNR (dB) of images in [0, 1]: (..., 3, H, W) -> (...)."""
+    mse = (a.float() - b.float()).pow(2).mean(dim=(-3, -2, -1)).clamp(min=1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the stage
+
+
+class SuperResolutionStage(Stage):
+    """Temporal SR stage. forward(batch) -> {"prediction": (B, T, 3, H, W) in [0, 1] (EMA net unless training),
+    "lq": (B, T, 3, H/2, W/2) in [0, 1]}. The batch needs `frames` (B, T, 3, H, W) in [0, 1] (the ground truth;
+    with `lq` given it is only used for its size) or `lq` alone."""
+
+    Config = SRStageConfig
+
+    def __init__(self, config: dict, landmark_spec: dict | None = None):
+        super().__init__(config, landmark_spec)
+        hp = self.hp
+        if hp.lq_source not in LQ_SOURCES:
+            raise ConfigError(f"model.lq_source must be one of {LQ_SOURCES}, got {hp.lq_source!r}")
+        if hp.lq_source == "base_model" and not hp.base_checkpoint:
+            raise ConfigError("model.lq_source=base_model needs model.base_checkpoint=PATH (a trained base-model checkpoint)")
+        data_size = (config.get("data") or {}).get("image_size")
+        if data_size is not None and int(data_size) != hp.net.out_size:
+            raise ConfigError(f"SR stage: data.image_size ({data_size}) must equal model.net.out_size "
+                              f"({hp.net.out_size}); the LQ input is half of it")
+        self.automatic_optimization = False
+        self.generator = TemporalSRGenerator(hp.net)
+        if hp.init_gfpgan:
+            from mp_lightning.checkpoints.metaportrait_sr import init_from_gfpgan
+
+            init_from_gfpgan(self.generator, hp.init_gfpgan)
+        self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        if hp.losses.perceptual or hp.losses.style:
+            self.perceptual = SRPerceptualStyleLoss(hp.perceptual.layer_weights, hp.perceptual.pretrained)
+        else:
+            self.perceptual = None
+        self.discriminator = PatchDiscriminator(hp.gan.channels, hp.gan.num_downs) if hp.losses.gan > 0 else None
+        self._base: list = []  # the frozen base model (a plain list: it stays out of this stage's state dict)
+        self._val_warp = None
+
+    # --- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def official_config(cls, net_config: TemporalSRConfig | None = None, **model: Any) -> dict:
+        """A full experiment dict with the official SR settings around `net_config`."""
+        from dataclasses import asdict
+
+        net_config = net_config or TemporalSRConfig()
+        return {
+            "stage": "sr",
+            "name": "metaportrait_sr_imported",
+            "data": {"image_size": net_config.out_size, "mode": "windows"},
+            "model": {"net": asdict(net_config), **model},
+        }
+
+    @classmethod
+    def from_generator(cls, net: TemporalSRGenerator, **options: Any) -> "SuperResolutionStage":
+        """A stage with the official config around an existing (e.g. imported) network; its weights go to both
+        the generator and the EMA copy. `options` are `model:` overrides (e.g. perceptual={"pretrained": False})."""
+        options.setdefault("perceptual", {"pretrained": False})  # the VGG is only needed to train, not to import
+        stage = cls(config=cls.official_config(net.config, **options))
+        with torch.no_grad():
+            stage.generator.load_state_dict(net.state_dict())
+            stage.ema.load_state_dict(net.state_dict())
+        return stage.eval()
+
+    # --- inputs ---------------------------------------------------------------------------------------
+    @property
+    def lq_size(self) -> int:
+        return self.hp.net.out_size // 2
+
+    def base_model(self):
+        if not self._base:
+            from mp_lightning.stages.base import load_stage
+
+            base = load_stage(self.hp.base_checkpoint, map_location=self.device)
+            base.requires_grad_(False)
+            self._base.append(base)
+        return self._base[0]
+
+    def _degrade(self, lq: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        d = self.hp.degradation
+
+        def draw(lo_hi):
+            lo, hi = float(lo_hi[0]), float(lo_hi[-1])
+            return lo + (hi - lo) * torch.rand((), generator=generator).item()
+
+        out = []
+        for frame_clip in lq:  # one draw per clip: the degradation is constant over a window, as in a video
+            sigma, std, quality = draw(d.blur_sigma), draw(d.noise_std), draw(d.jpeg_quality)
+            x = gaussian_blur(frame_clip, sigma / 2)  # sigma is in HR pixels
+            if std > 0:
+                noise = torch.randn(x.shape, generator=generator).to(x)
+                x = (x + std * noise).clamp(0, 1)
+            out.append(jpeg_like(x, quality))
+        return torch.stack(out)
+
+    def make_lq(self, frames: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+        """Low-quality clips (B, T, 3, h, w) in [0, 1], h = out_size / 2, from ground-truth clips (B, T, 3, H, W)."""
+        hp = self.hp
+        small = bicubic(frames, self.lq_size)
+        if hp.lq_source == "base_model":
+            return self._base_model_lq(small, batch or {})
+        d = hp.degradation
+        degrade = any(max(r) > 0 for r in (d.blur_sigma, d.noise_std)) or min(d.jpeg_quality) < 100
+        if degrade and (self.training or d.on_validation):
+            gen = None if self.training else torch.Generator().manual_seed(d.seed)
+            small = self._degrade(small, gen)
+        return small
+
+    @torch.no_grad()
+    def _base_model_lq(self, small: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Every frame re-animated by the base model from the window's first frame (at LQ size)."""
+        base = self.base_model()
+        b, t = small.shape[:2]
+        landmarks = batch.get("frames_landmarks")
+        base_batch = {
+            "source": small[:, :1].expand(-1, t, -1, -1, -1).reshape(b * t, *small.shape[2:]),
+            "driving": small.reshape(b * t, *small.shape[2:]),
+        }
+        if landmarks is not None:
+            base_batch["source_landmarks"] = landmarks[:, :1].expand(-1, t, -1, -1).reshape(b * t, *landmarks.shape[2:])
+            base_batch["driving_landmarks"] = landmarks.reshape(b * t, *landmarks.shape[2:])
+        was_training = base.training
+        base.eval()
+        pred = base(base_batch)["prediction"].clamp(0, 1)
+        base.train(was_training)
+        if pred.shape[-1] != self.lq_size:
+            pred = bicubic(pred, self.lq_size)
+        return pred.reshape(b, t, *pred.shape[1:])
+
+    # --- forward --------------------------------------------------------------------------------------
+    def run_net(self, net: TemporalSRGenerator, lq: torch.Tensor) -> torch.Tensor:
+        """Raw network output (B, T, 3, 2h, 2w), not clamped; with `bicubic_skip` a residual over bicubic."""
+        out = net(lq)
+        if self.hp.bicubic_skip:
+            out = out - 0.5 + bicubic(lq, out.shape[-1])
+        return out
+
+    def forward(self, batch: dict) -> dict:
+        lq = batch.get("lq")
+        if lq is None:
+            lq = self.make_lq(batch["frames"], batch)
+        net = self.generator if self.training else self.ema
+        return {"prediction": self.run_net(net, lq).clamp(0, 1), "lq": lq}
+
+    @torch.no_grad()
+    def upscale_clip(self, frames: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """(T, 3, h, w) in [0, 1] with h = out_size / 2 -> (T, 3, 2h, 2w) in [0, 1], EMA net, overlapping chunks
+        of `model.chunk` frames cross-faded over `model.chunk_overlap` frames. Frames stay on the input's device
+        between chunks; each chunk runs on the stage's device."""
+        from mp_lightning.chunked import chunked_temporal_inference
+
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"upscale_clip expects frames (T, 3, h, w), got {tuple(frames.shape)}")
+        if frames.shape[-1] != self.lq_size:
+            frames = bicubic(frames, self.lq_size)
+        bar = None
+        callback: Optional[Callable[[int, int], None]] = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=frames.shape[0], desc="super-resolution", unit="frame")
+
+            def callback(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+        def fn(chunk: torch.Tensor) -> torch.Tensor:
+            return self.run_net(self.ema, chunk.to(self.device)).clamp(0, 1)
+
+        try:
+            out = chunked_temporal_inference(fn, frames, chunk=self.hp.chunk, overlap=min(self.hp.chunk_overlap, self.hp.chunk - 1),
+                                             output_device=frames.device, progress=callback)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    # --- training -------------------------------------------------------------------------------------
+    def losses(self, pred: torch.Tensor, gt: torch.Tensor) -> dict:
+        """Generator losses of raw predictions vs ground truth, both (B, T, 3, H, W)."""
+        w = self.hp.losses
+        p, g = pred.flatten(0, 1), gt.flatten(0, 1)
+        out = {"l1": F.l1_loss(p, g)}
+        total = w.l1 * out["l1"]
+        if self.perceptual is not None:
+            perc, style = self.perceptual(p, g)
+            out["perceptual"], out["style"] = perc, style
+            total = total + w.perceptual * perc + w.style * style
+        if self.discriminator is not None:
+            out["gan"] = F.softplus(-self.discriminator(p)).mean()
+            total = total + w.gan * out["gan"]
+        out["loss"] = total
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int):
+        gt = batch["frames"]
+        with torch.no_grad():
+            lq = self.make_lq(gt, batch)
+        pred = self.run_net(self.generator, lq)
+        opts = self.optimizers()
+        opt_g = opts[0] if isinstance(opts, list) else opts
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)
+        losses = self.losses(pred, gt)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(losses["loss"])
+        opt_g.step()
+        if self.discriminator is not None:
+            opt_d = opts[1]
+            self.discriminator.requires_grad_(True)
+            real = self.discriminator(gt.flatten(0, 1))
+            fake = self.discriminator(pred.detach().flatten(0, 1))
+            d_loss = F.softplus(-real).mean() + F.softplus(fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+            losses["discriminator"] = d_loss
+        scheds = self.lr_schedulers()
+        for s in (scheds if isinstance(scheds, list) else [scheds]):
+            if s is not None:
+                s.step()
+        self.update_ema()
+        self.log_losses(losses, batch_size=gt.shape[0])
+        return losses["loss"]
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        n = int(self.ema_updates.item())
+        decay = self.hp.ema_decay
+        if self.hp.ema_warmup:
+            decay = min(decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.generator.parameters()):
+            e.lerp_(p.detach(), 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.generator.buffers()):
+            e.copy_(b)
+        self.ema_updates += 1
+
+    def configure_optimizers(self):
+        o = self.hp.optim
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        opt_g = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas))
+        steps = o.cosine_steps
+        if not steps:
+            trainer = getattr(self, "_trainer", None)
+            max_steps = trainer.max_steps if trainer is not None else -1
+            steps = max_steps if max_steps and max_steps > 0 else (int(trainer.estimated_stepping_batches) if trainer else 1)
+        steps = max(int(steps), 1)
+        optimizers = [opt_g]
+        schedulers = [{"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=steps, eta_min=o.eta_min),
+                       "interval": "step"}]
+        if self.discriminator is not None:
+            opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hp.gan.lr, betas=tuple(o.betas))
+            optimizers.append(opt_d)
+        return optimizers, schedulers
+
+    # --- validation -----------------------------------------------------------------------------------
+    def _warp_metric(self):
+        if self._val_warp is None:
+            from callbacks.metrics import TemporalWarpingError
+
+            self._val_warp = {k: TemporalWarpingError(flow_source="target") for k in ("sr", "bicubic")}
+        return self._val_warp
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = self(batch)
+        gt = batch["frames"]
+        pred = out["prediction"]
+        baseline = bicubic(out["lq"], gt.shape[-1])
+        b = gt.shape[0]
+        log = dict(sync_dist=True, batch_size=b, add_dataloader_idx=False)
+        self.log("val/psnr", psnr(pred, gt).mean(), prog_bar=True, **log)
+        self.log("val/psnr_bicubic", psnr(baseline, gt).mean(), **log)
+        self.log("val/l1", (pred - gt).abs().mean(), **log)
+        if gt.shape[1] >= 2:
+            warp = self._warp_metric()
+            warp["sr"].update(pred.cpu(), gt.cpu())
+            warp["bicubic"].update(baseline.cpu(), gt.cpu())
+        return {k: v.detach() for k, v in out.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_warp is None:
+            return
+        for key, name in (("sr", "val/warp_error"), ("bicubic", "val/warp_error_bicubic")):
+            metric = self._val_warp[key]
+            if metric.count > 0:
+                self.log(name, metric.compute().float())  # compute() already reduces across ranks
+            metric.reset()
