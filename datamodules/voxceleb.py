@@ -490,3 +490,24 @@ class VoxCelebDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def media_clip(self, num_frames: int = 16, split: str = "val") -> dict | None:
+        """The first validation clip as a driving sequence for media logging: its frame 0 is the source.
+
+        Returns source (3, H, W), driving (T, 3, H, W) in [0, 1] and, with landmarks, source_landmarks
+        (K, 2) and driving_landmarks (T, K, 2); None when there is no clip. Always the same clip, so
+        the logged videos of successive epochs are comparable.
+        """
+        dataset = self.val_dataset if split == "val" else self.test_dataset
+        if dataset is None:
+            self.setup("validate" if split == "val" else "test")
+            dataset = self.val_dataset if split == "val" else self.test_dataset
+        if not dataset.clips:
+            return None
+        clip = dataset.clips[0]
+        indices = list(range(min(num_frames, clip.num_frames)))
+        images, lms = dataset._load(clip, indices)
+        sample = {"source": images[0], "driving": images, "clip": clip.name}
+        if lms is not None:
+            sample["source_landmarks"], sample["driving_landmarks"] = lms[0], lms
+        return sample
