@@ -12,12 +12,13 @@ from tests.conftest import EXPERIMENTS, tiny_overrides
 
 PAPER = EXPERIMENTS / "paper"
 SETS = sorted(PAPER.glob("ablation_base*.yaml"))
+SR_SETS = sorted(PAPER.glob("ablation_sr*.yaml"))
 
 # two training steps, one validation and one test batch per set: enough to fill every table cell
 SHORT = [
     "trainer.max_steps=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-    "callbacks.media.enabled=false",
+    "trainer.check_val_every_n_epoch=1", "callbacks.media.enabled=false",
 ]
 
 
@@ -97,3 +98,27 @@ def test_tiny_ablation_set_writes_a_table_with_every_row(tiny_data, tmp_path):
                          out_dir=out, quiet=True, log_wandb_table=False)
     assert [r["state"] for r in again["rows"]] == ["reused"] * len(ablation["rows"])
     assert json.loads((out / "ablation_results.json").read_text())["name"] == "ablation_base_tiny"
+
+
+@pytest.mark.parametrize("path", SR_SETS, ids=[p.name for p in SR_SETS])
+def test_sr_ablation_sets_pair_temporal_and_per_frame(path):
+    from mp_lightning.ablation import load_ablation_set
+    from mp_lightning.config.compose import compose
+
+    ablation = load_ablation_set(path)
+    assert ablation["evaluate"] == "validation"  # the SR stage reads windows, not test pairs
+    temporal, per_frame = (compose(r["experiment"]) for r in ablation["rows"])
+    assert temporal.stage == per_frame.stage == "sr"
+    assert temporal.model.net.temporal and not per_frame.model.net.temporal
+
+
+@pytest.mark.slow
+def test_tiny_sr_ablation_reports_validation_metrics(tiny_data, tmp_path):
+    from mp_lightning.ablation import run_ablation
+
+    result = run_ablation(PAPER / "ablation_sr_tiny.yaml", tiny_overrides(tiny_data, tmp_path, *SHORT),
+                          out_dir=tmp_path / "sr", quiet=True, log_wandb_table=False)
+    assert [r["state"] for r in result["rows"]] == ["finished", "finished"]
+    assert "val/psnr" in result["columns"]
+    rows = list(csv.reader(open(result["table_csv"])))
+    assert len(rows) == 3 and all(cell != "" for row in rows[1:] for cell in row)
