@@ -1,0 +1,61 @@
+"""`mp-lightning personalize --checkpoint X --video PERSON.mp4 --seconds S --steps K`: fast personalization."""
+from __future__ import annotations
+
+NAME = "personalize"
+HELP = "fine-tune a checkpoint on the first seconds of one person's clip and plot the held-out metrics per step"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="any mp-lightning stage checkpoint (a meta one: its inner stage)")
+    parser.add_argument("--video", required=True, help="the person's clip (.mp4) with <clip>.landmarks.npy beside it")
+    parser.add_argument("--seconds", type=float, required=True, help="train on this many seconds from the start")
+    parser.add_argument("--steps", type=int, required=True, help="fine-tuning steps K")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also evaluate every N steps (always at 0, 1, 2, 5, 10, 20, 50, ... and K)")
+    parser.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/personalized_<video>)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="Adam lr (default 2e-4, the meta inner lr)")
+    parser.add_argument("--warp-lr-multiplier", type=float, default=0.1, help="warping-network lr x this (refine stage)")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (default 4)")
+    parser.add_argument("--max-eval-frames", type=int, default=32, help="held-out frames evaluated (evenly spaced)")
+    parser.add_argument("--lpips-pretrained", default="true", choices=("true", "false"),
+                        help="false: random LPIPS trunk (offline smoke runs only, not LPIPS)")
+    parser.add_argument("--identity-pretrained", default="true", choices=("true", "false"),
+                        help="false: random face embedder (offline smoke runs only)")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from mp_lightning.errors import UserFacingError
+    from mp_lightning.personalize import personalize
+    from mp_lightning.stages.base import load_stage
+    from mp_lightning.stages.meta import MetaLearningModule
+
+    if args.steps < 0:
+        raise UserFacingError("--steps must be >= 0")
+    stage = load_stage(args.checkpoint, map_location=args.device, eval_mode=False)
+    if isinstance(stage, MetaLearningModule):
+        stage = stage.inner
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"personalized_{Path(args.video).stem}"
+    curve = personalize(
+        stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every, lr=args.lr,
+        warp_lr_multiplier=args.warp_lr_multiplier, batch_size=args.batch_size, max_eval_frames=args.max_eval_frames,
+        lpips_pretrained=args.lpips_pretrained == "true", identity_pretrained=args.identity_pretrained == "true",
+        seed=args.seed,
+    )
+    first = {k: round(v[0], 4) for k, v in curve["metrics"].items()}
+    last = {k: round(v[-1], 4) for k, v in curve["metrics"].items()}
+    print(f"step 0: {first}\nstep {curve['steps'][-1]}: {last}")
+    print(f"wrote {curve['checkpoint']}, {out / 'curve.json'}, {curve['plot']}")
+    return 0
