@@ -84,7 +84,7 @@ class SRStageConfig:
     lq_source: str = "downsample"  # "downsample" (bicubic from the ground truth) or "base_model"
     base_checkpoint: Optional[str] = None  # mp-lightning base-model checkpoint for lq_source=base_model
     degradation: SRDegradationConfig = field(default_factory=SRDegradationConfig)
-    bicubic_skip: bool = False  # predict a residual over bicubic upsampling (not official; tiny CPU runs)
+    bicubic_skip: bool = False  # predict a residual over bicubic upsampling, starting at 0 (not official; tiny CPU runs)
     init_gfpgan: Optional[str] = None  # GFPGAN v1.3 BasicSR file: non-strict init, as the official training
     chunk: int = 16  # frames per chunk of `upscale_clip` (official test chunk)
     chunk_overlap: int = 4  # frames shared by consecutive chunks, cross-faded
@@ -268,6 +268,12 @@ class SuperResolutionStage(Stage):
             from mp_lightning.checkpoints.metaportrait_sr import init_from_gfpgan
 
             init_from_gfpgan(self.generator, hp.init_gfpgan)
+        elif hp.bicubic_skip:
+            # zero RGB heads: the residual starts at 0, i.e. the stage starts as exactly bicubic upsampling
+            decoder = self.generator.stylegan_decoder
+            with torch.no_grad():
+                for head in [decoder.to_rgb1, *decoder.to_rgbs]:
+                    head.modulated_conv.weight.zero_()
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if hp.losses.perceptual or hp.losses.style:
