@@ -149,17 +149,21 @@ def load_official_generator(path, load_discriminator: bool = True):
     return generator, discriminator, info
 
 
-def official_stage_config(spectral_norm: bool = True, identity_dim: int = 256) -> dict:
-    """Experiment config for a `RefineStage` holding the official 256 model (precomputed 256-d identity,
-    official669 landmarks, released-code losses: no identity loss)."""
-    return {
-        "model": {
-            "net": {"spectral_norm": spectral_norm, "identity_dim": identity_dim},
-            "landmarks": "official669",
-            "identity": {"source": "precomputed"},
-            "losses": {"identity": 0.0},
-        }
-    }
+def official_stage_config(spectral_norm: bool = True, identity_dim: int = 256, perceptual_pretrained: bool = False) -> dict:
+    """The whole experiment config of a `RefineStage` holding the official 256 model, composed from
+    `experiments/metaportrait/official_256.yaml` (precomputed 256-d identity, official669 landmarks,
+    released-code losses: no identity loss), so the checkpoint carries data and metric settings too."""
+    from omegaconf import OmegaConf
+
+    from mp_lightning.config.compose import compose
+    from mp_lightning.paths import experiments_dir
+
+    name = "official_256.yaml" if spectral_norm else "official_256_remove_sn.yaml"
+    cfg = compose(experiments_dir() / "metaportrait" / name, [
+        f"model.net.identity_dim={identity_dim}",
+        f"model.perceptual.pretrained={str(bool(perceptual_pretrained)).lower()}",
+    ])
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 @register_converter("metaportrait")
@@ -176,8 +180,8 @@ def convert_metaportrait(path, **options):
             "mp_lightning.stages.refine is not available yet; use "
             "mp_lightning.checkpoints.metaportrait.load_official_generator(path) for the bare networks"
         ) from exc
-    config = official_stage_config(generator.config.spectral_norm, generator.config.identity_dim)
-    config["model"]["perceptual"] = {"pretrained": bool(options.get("perceptual_pretrained", False))}
+    config = official_stage_config(generator.config.spectral_norm, generator.config.identity_dim,
+                                   bool(options.get("perceptual_pretrained", False)))
     stage = RefineStage(config)
     load_checked(stage.generator, generator.state_dict(), f"{path} ['generator']")
     if discriminator is not None:
