@@ -152,7 +152,7 @@ def _meta_cfg(tiny_data, run_root, experiment="meta_warp_tiny.yaml", *extra):
     return compose(EXPERIMENTS / "metaportrait" / experiment, tiny_overrides(
         tiny_data, run_root, "data.mode=identity_tasks", "data.support_frames=1", "data.query_frames=1",
         "data.augment_flip=false", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-        "trainer.limit_train_batches=2", "trainer.reload_dataloaders_every_n_epochs=1", "trainer.max_steps=-1",
+        "trainer.limit_train_batches=2", "trainer.max_steps=-1",
         "callbacks.metrics=false", *extra))
 
 
@@ -171,21 +171,46 @@ def test_schema_types_inner_by_the_inner_stage():
 
 @pytest.mark.slow
 def test_resume_matches_uninterrupted(tiny_data, tmp_path):
-    from mp_lightning.training import run_training
+    """Through Lightning: 2 epochs straight == 1 epoch, checkpoint, resume for the 2nd (fixed task batches,
+    so that only the module's own state, the outer Adam state and the progress decide the result)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    small = ("data.batch_size=1", "trainer.limit_train_batches=1", "model.inner.perceptual.scales=[1.0]")
-    full = run_training(_meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=full", "trainer.max_epochs=2", *small))
-    run_training(_meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=cut", "trainer.max_epochs=1", *small))
-    resumed = run_training(_meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=cut", "trainer.max_epochs=2",
-                                     "resume=auto", *small))
-    assert full["global_step"] == resumed["global_step"] == 2
-    a = torch.load(full["last_checkpoint"], weights_only=False)
-    b = torch.load(resumed["last_checkpoint"], weights_only=False)
-    assert a["optimizer_states"][0]["state"], "the outer Adam state is checkpointed"
-    for key, value in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        torch.testing.assert_close(sb["exp_avg"], sa["exp_avg"], rtol=1e-4, atol=1e-7)
+    from mp_lightning.training import build_datamodule, build_stage
+
+    cfg = _meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=resume", "data.batch_size=1",
+                    "model.inner.perceptual.scales=[1.0]")
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batches = [next(iter(dm.train_dataloader()))]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+
+    def fit(name, epochs, ckpt=None):
+        torch.manual_seed(0)
+        stage = build_stage(cfg, dm)
+        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False,
+                            callbacks=[ModelCheckpoint(dirpath=str(tmp_path / name), save_last=True)])
+        trainer.fit(stage, train_dataloaders=loader, ckpt_path=ckpt)
+        return trainer, stage
+
+    full_trainer, full = fit("full", 2)
+    fit("cut", 1)
+    cut_ckpt = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)
+    assert cut_ckpt["optimizer_states"][0]["state"], "the outer Adam state is checkpointed"
+    resumed_trainer, resumed = fit("cut2", 2, ckpt=str(tmp_path / "cut" / "last.ckpt"))
+    assert full_trainer.global_step == resumed_trainer.global_step == 2
+    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
+    sa = full_trainer.optimizers[0].state_dict()["state"]
+    sb = resumed_trainer.optimizers[0].state_dict()["state"]
+    for k in sa:
+        torch.testing.assert_close(sb[k]["exp_avg"], sa[k]["exp_avg"], rtol=1e-4, atol=1e-8)
+        assert int(sb[k]["step"]) == int(sa[k]["step"]) == 2
+    # and the resumed weights differ from the 1-epoch ones (the 2nd outer step happened)
+    one = {k[len("inner."):]: v for k, v in cut_ckpt["state_dict"].items()}
+    assert any(not torch.equal(one[k], v) for k, v in resumed.inner.state_dict().items())
 
 
 @pytest.mark.slow
@@ -197,7 +222,7 @@ def test_refine_meta_fast_dev_run_and_validation(tiny_data, tmp_path):
     result = run_training(_meta_cfg(tiny_data, tmp_path, "meta_tiny.yaml", "name=refine", "trainer.max_epochs=1",
                                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.batch_size=1",
                                     "model.inner.perceptual.scales=[1.0]",
-                                    "model.remove_spectral_norm=true"))
+                                    "model.remove_spectral_norm=true", "trainer.check_val_every_n_epoch=1"))
     assert result["global_step"] == 1
     assert math.isfinite(result["metrics"]["train/inner_loss"])
     assert "val/l1" in result["metrics"]

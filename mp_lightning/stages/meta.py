@@ -167,13 +167,21 @@ def outer_update(params: Sequence[torch.nn.Parameter], delta_sum: Sequence[torch
 
 def remove_spectral_norm_(module: torch.nn.Module) -> int:
     """Strip every hook-based spectral norm below `module` (official --remove_sn); returns how many."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook, SpectralNormStateDictHook
 
     count = 0
     for sub in module.modules():
         if any(isinstance(h, SpectralNorm) for h in sub._forward_pre_hooks.values()):
             torch.nn.utils.remove_spectral_norm(sub)
             count += 1
+        # torch leaves the state-dict hooks behind: saved metadata would still claim spectral norm and
+        # loading would then ask for weight_orig / weight_u
+        for key, hook in list(sub._state_dict_hooks.items()):
+            if isinstance(hook, SpectralNormStateDictHook):
+                del sub._state_dict_hooks[key]
+        for key, hook in list(sub._load_state_dict_pre_hooks.items()):
+            if isinstance(getattr(hook, "hook", hook), SpectralNormLoadStateDictPreHook):
+                del sub._load_state_dict_pre_hooks[key]
     return count
 
 
@@ -346,12 +354,11 @@ class MetaLearningModule(Stage):
 
     # --- resume: data sampling continues as in the uninterrupted run ------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["meta_rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                  "python": random.getstate()}
+        # tensors and plain tuples only, so that weights-only checkpoint loading accepts them
+        checkpoint["meta_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("meta_rng")
         if rng:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+            random.setstate(tuple(rng["python"][:1]) + (tuple(rng["python"][1]),) + tuple(rng["python"][2:]))
