@@ -232,6 +232,7 @@ def test_refine_meta_fast_dev_run_and_validation(tiny_data, tmp_path):
     assert not any(k.endswith("weight_u") for k in meta.state_dict())
 
 
+@pytest.mark.slow
 def test_fomm_inner_stage_adapts(tiny_data):
     """The FOMM baseline works as the inner stage (its loss without the GAN terms falls)."""
     from mp_lightning.config.compose import compose
