@@ -88,6 +88,40 @@ def load_landmark_spec(root: str | Path) -> dict | None:
     return spec
 
 
+def subset_landmark_spec(spec: dict | None, name: str, root: str | Path = "") -> tuple[list[int], dict]:
+    """(point ids into the full set, landmarks.json-style description of the subset) for subset `name`.
+
+    A subset is declared in landmarks.json as `"subsets": {name: {"ids": [...], "edges": [...], "eye_ids": ...}}`
+    (edges and box/gaze ids index the subset; edges default to the full set's edges between kept points).
+    """
+    where = Path(root) / "landmarks.json"
+    subsets = (spec or {}).get("subsets") or {}
+    if name not in subsets:
+        raise DataError(f"data.landmark_subset: no subset '{name}' in {where} (declared: {sorted(subsets) or 'none'})")
+    sub = subsets[name]
+    ids = [int(i) for i in sub["ids"]]
+    pos = {old: new for new, old in enumerate(ids)}
+    if len(pos) != len(ids) or not all(0 <= i < int(spec["num_points"]) for i in ids):
+        raise DataError(f"{where}: subset '{name}' has repeated or out-of-range point ids")
+    edges = sub.get("edges") or [[pos[a], pos[b]] for a, b in spec["edges"] if a in pos and b in pos]
+    out = {"name": f"{spec.get('name', 'landmarks')}/{name}", "num_points": len(ids), "edges": edges}
+    perm = spec.get("flip_permutation")
+    if perm is not None:
+        try:
+            out["flip_permutation"] = [pos[int(perm[i])] for i in ids]
+        except KeyError:
+            raise DataError(f"{where}: subset '{name}' is not closed under flip_permutation") from None
+    for key in ("eye_ids", "mouth_x_ids", "mouth_y_ids", "gaze_ids"):
+        if key in sub:
+            out[key] = list(sub[key])
+        elif key in spec:
+            try:
+                out[key] = [pos[int(i)] for i in spec[key]]
+            except KeyError:
+                raise DataError(f"{where}: subset '{name}' lacks the {key} points; declare {key} for it") from None
+    return ids, out
+
+
 def _discover(split_dir: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     """(clip path, kind) pairs under split_dir, and identity folders that hold no clip at all."""
     found: list[tuple[Path, str]] = []

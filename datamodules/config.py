@@ -32,6 +32,7 @@ class DataConfig:
     test_split: str = "test"  # sub-folder used for test / evaluation
     strict: bool = False  # any bad clip found by the setup scan raises DataError instead of being left out
     use_landmarks: bool = True  # read <clip>.landmarks.npy (a clip without one is bad); False = no landmark keys
+    landmark_subset: Optional[str] = None  # a subset declared in landmarks.json (e.g. sparse68 for the sparse ablation)
     landmark_margin: float = 0.25  # landmarks may lie this far outside [0, 1] (faces at the frame edge)
     reader_cache_size: int = 16  # open video readers kept per process (LRU; ~6 MB each at 256 px)
     decode_threads: int = 0  # decord threads per reader; 0 = FFmpeg auto (measured ~2x faster than 1 for 2-frame reads here)

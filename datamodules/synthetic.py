@@ -128,7 +128,47 @@ def landmark_spec() -> dict:
         "mouth_y_ids": [outer[N_OUTER_LIP // 4], outer[3 * N_OUTER_LIP // 4]],
         "gaze_ids": gaze_ids,
         "groups": {k: v for k, v in GROUPS.items()},
+        "subsets": {"sparse68": _sparse68(g)},
     }
+
+
+def _sparse68(g: dict) -> dict:
+    """A 68-point subset laid out like the iBUG 68 landmarks (jaw 17, brows 5+5, nose 4+5, eyes 6+6,
+    lips 12+8), for the paper's dense-versus-sparse warping ablation (`data.landmark_subset=sparse68`).
+
+    `ids` index the dense set; `edges` and the box/gaze ids index the subset. 68 points have no irises,
+    so the gaze points are eye-lid points, as in the mediapipe 68-point subset.
+    """
+    picks = {
+        "jaw": [g["contour"][int(i)] for i in np.round(np.linspace(10, 30, 17))],
+        "left_brow": [g["left_brow"][k] for k in (0, 2, 4, 6, 8)],
+        "right_brow": [g["right_brow"][k] for k in (0, 2, 4, 6, 8)],
+        "nose_bridge": g["nose_bridge"][1:],
+        "nostrils": [g["nostrils"][k] for k in (0, 2, 4, 6, 8)],
+        "left_eye": [g["left_eye"][k] for k in (0, 3, 5, 8, 11, 13)],
+        "right_eye": [g["right_eye"][k] for k in (0, 3, 5, 8, 11, 13)],
+        "outer_lips": [g["outer_lips"][k] for k in (0, 2, 3, 5, 7, 8, 10, 12, 13, 15, 17, 18)],
+        "inner_lips": [g["inner_lips"][k] for k in range(0, 16, 2)],
+    }
+    ids = [i for part in picks.values() for i in part]
+    pos = {old: new for new, old in enumerate(ids)}
+    edges: list[list[int]] = []
+
+    def chain(part, closed=False):
+        new = [pos[i] for i in picks[part]]
+        edges.extend([a, b] for a, b in zip(new[:-1], new[1:]))
+        if closed:
+            edges.append([new[-1], new[0]])
+
+    for part in ("jaw", "left_brow", "right_brow", "nose_bridge", "nostrils"):
+        chain(part)
+    edges.append([pos[picks["nose_bridge"][-1]], pos[picks["nostrils"][2]]])
+    for part in ("left_eye", "right_eye", "outer_lips", "inner_lips"):
+        chain(part, closed=True)
+    eye = [pos[picks[f"{side}_eye"][k]] for side in ("left", "right") for k in (0, 1, 3, 4)]
+    outer = [pos[i] for i in picks["outer_lips"]]
+    return {"ids": ids, "edges": edges, "eye_ids": eye, "gaze_ids": eye,
+            "mouth_x_ids": [outer[0], outer[6]], "mouth_y_ids": [outer[3], outer[9]]}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,7 +42,16 @@ from torch.utils.data import DataLoader, Dataset
 
 import lightning as L
 
-from datamodules.clips import ClipInfo, FrameReader, SplitScan, load_landmark_spec, report_dict, scan_split, write_report
+from datamodules.clips import (
+    ClipInfo,
+    FrameReader,
+    SplitScan,
+    load_landmark_spec,
+    report_dict,
+    scan_split,
+    subset_landmark_spec,
+    write_report,
+)
 from datamodules.config import MODES, DataConfig
 from mp_lightning.errors import DataError
 
@@ -72,6 +81,7 @@ class ClipSampleDataset(Dataset):
         self.mode = config.mode
         self.flip_permutation = None if flip_permutation is None else np.asarray(flip_permutation)
         self.failure_log = failure_log
+        self.landmark_subset: np.ndarray | None = None  # point ids kept (data.landmark_subset), None = all
         self.reader = FrameReader(config.reader_cache_size, config.decode_threads)
         self.rank = 0  # set by the DataModule so DDP ranks draw different training streams
         self.epoch_seed = 0  # bumped by the DataModule each epoch (persistent workers keep their stream)
@@ -134,6 +144,8 @@ class ClipSampleDataset(Dataset):
         if clip.landmarks_path is not None:
             arr = np.load(clip.landmarks_path, mmap_mode="r")
             lms = np.array(arr[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
+            if self.landmark_subset is not None:
+                lms = lms[:, self.landmark_subset]
             if self._flip_now:
                 lms[..., 0] = 1.0 - lms[..., 0]
                 if self.flip_permutation is not None:
@@ -365,7 +377,11 @@ class VoxCelebDataModule(L.LightningDataModule):
         if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.val_samples_per_clip < 1:
             raise DataError("data.batch_size, data.image_size (>= 8) and data.val_samples_per_clip must be positive")
         self.report_dir = None if report_dir is None else str(report_dir)
-        self._spec = load_landmark_spec(cfg.root) if Path(cfg.root).is_dir() else None
+        self._full_spec = load_landmark_spec(cfg.root) if Path(cfg.root).is_dir() else None
+        self._subset: list[int] | None = None  # point ids kept by data.landmark_subset
+        self._spec = self._full_spec
+        if cfg.landmark_subset:
+            self._subset, self._spec = subset_landmark_spec(self._full_spec, cfg.landmark_subset, cfg.root)
         self.scans: dict[str, SplitScan] = {}
         self.train_dataset: ClipSampleDataset | None = None
         self.val_dataset: ClipSampleDataset | None = None
@@ -396,10 +412,10 @@ class VoxCelebDataModule(L.LightningDataModule):
         if split in self.scans:
             return self.scans[split]
         cfg = self.config
-        num_points = None
-        if self._spec and "num_points" in self._spec:
-            num_points = int(self._spec["num_points"])
-        elif self._spec and self._spec.get("preset") == "official669":
+        num_points = None  # the files hold the full set, whatever subset is used
+        if self._full_spec and "num_points" in self._full_spec:
+            num_points = int(self._full_spec["num_points"])
+        elif self._full_spec and self._full_spec.get("preset") == "official669":
             num_points = 669
         scan = scan_split(cfg.root, split, min_frames_for(cfg), cfg.use_landmarks, num_points, cfg.landmark_margin)
         self.scans[split] = scan
@@ -439,7 +455,9 @@ class VoxCelebDataModule(L.LightningDataModule):
                 " left/right landmarks; add one or set data.augment_flip=false"
             )
         log = None if self.report_dir is None else str(Path(self.report_dir) / "data_sample_failures.jsonl")
-        return ClipSampleDataset(clips, self.config, train, perm, log, split)
+        dataset = ClipSampleDataset(clips, self.config, train, perm, log, split)
+        dataset.landmark_subset = None if self._subset is None else np.asarray(self._subset)
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         cfg = self.config

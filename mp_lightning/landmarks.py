@@ -87,6 +87,7 @@ class LandmarkSpec:
     eye_box: str = "minmax"  # "official": eye_ids = [l, r, t, b] per eye; "minmax": bounding box per half
     subset_ids: Optional[List[int]] = None  # official 58-point `ldmk_idx` (for reference / export)
     groups: Optional[Dict[str, List[int]]] = None  # named point groups (contour, left_eye, ...), informative
+    subsets: Optional[Dict[str, Dict]] = None  # declared point subsets (data.landmark_subset picks one), informative
 
     def __post_init__(self):
         self.edges = [tuple(int(v) for v in e) for e in self.edges]
@@ -177,6 +178,7 @@ class LandmarkSpec:
             "eye_box": self.eye_box,
             "subset_ids": self.subset_ids,
             "groups": self.groups,
+            "subsets": self.subsets,
         }
 
 

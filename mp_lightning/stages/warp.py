@@ -80,6 +80,19 @@ class MetaPortraitStage(Stage):
 
         if "source_line" in batch and "driving_line" in batch:
             return batch
+        spec = self.landmark_spec
+        for key in ("source_landmarks", "driving_landmarks"):
+            if key not in batch:
+                from mp_lightning.errors import DataError
+
+                raise DataError(f"the batch has no '{key}': MetaPortrait draws its inputs from landmarks")
+            if batch[key].shape[-2] != spec.num_points:
+                from mp_lightning.errors import DataError
+
+                raise DataError(
+                    f"'{key}' has {batch[key].shape[-2]} points per frame but this model was trained on the "
+                    f"landmark set '{spec.name}' with {spec.num_points}: use landmarks from the same detector"
+                )
         return metaportrait_inputs(batch, self.landmark_spec, size=self.hp.net.image_size)
 
     # --- warping ------------------------------------------------------------------------------------
