@@ -65,7 +65,9 @@ def bench_datamodule(root: Path, size: int, samples: int, workers: int, batch_si
 
 
 def bench_raw_decord(drawn, threads: int = 0) -> float:
-    import decord
+    from datamodules.clips import import_decord
+
+    decord = import_decord()
 
     readers = {}
     start = time.perf_counter()

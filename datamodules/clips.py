@@ -187,13 +187,33 @@ def _probe_video(path: Path) -> tuple[int, int, int]:
         return packets, first.height, first.width
 
 
+def import_decord():
+    """decord, imported after OpenCV: decord ships an old zlib, and when it is loaded first OpenCV's libpng
+    binds to it and every PNG read/write fails ("libpng error: bad parameters to zlib")."""
+    import cv2  # noqa: F401  (load order matters, see above)
+    import decord
+
+    return decord
+
+
+def read_image(path: str | Path):
+    """BGR uint8 image or None (decoded from the file's bytes, which also works for non-ASCII paths)."""
+    import cv2
+
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
 def _probe_frames(path: Path, files: list[str]) -> tuple[int, int, int]:
     import cv2
 
     for f in files:
         if os.path.getsize(path / f) == 0:
             raise ValueError(f"empty frame file {f}")
-    img = cv2.imread(str(path / files[0]), cv2.IMREAD_COLOR)
+    img = read_image(path / files[0])
     if img is None:
         raise ValueError(f"cannot decode frame {files[0]}")
     return len(files), img.shape[0], img.shape[1]
@@ -304,7 +324,7 @@ class FrameReader:
         if reader is not None:
             self._cache.move_to_end(path)
             return reader
-        import decord
+        decord = import_decord()
 
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=self.threads)
         self._cache[path] = reader
@@ -327,7 +347,7 @@ class FrameReader:
 
             imgs = []
             for i in unique:
-                img = cv2.imread(os.path.join(clip.path, clip.frame_files[i]), cv2.IMREAD_COLOR)
+                img = read_image(os.path.join(clip.path, clip.frame_files[i]))
                 if img is None:
                     raise ValueError(f"cannot decode {clip.frame_files[i]}")
                 imgs.append(img[..., ::-1])
