@@ -104,3 +104,21 @@ def test_animate_writes_a_playable_mp4_with_the_right_frame_count(tiny_data, tmp
                  "--out", str(out), "--side-by-side", "--device", "cpu"]) == 0
     frames = read_video(out)
     assert frames.shape == (len(read_video(clips[1])), 64, 3 * 64, 3)
+
+
+def test_animate_with_super_resolution_writes_2x_video(tiny_data, tmp_path):
+    """Base model at 32 px, then the temporal SR stage over windows: the written video is 64 px."""
+    from mp_lightning.config.compose import compose
+    from mp_lightning.stages.base import save_stage_checkpoint
+    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.video import read_video
+
+    base_cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "data.image_size=32", "model.net.image_size=32"))
+    base = save_stage_checkpoint(build_stage(base_cfg, build_datamodule(base_cfg)), tmp_path / "base.ckpt")
+    sr_cfg = compose(EXPERIMENTS / "metaportrait" / "sr_tiny.yaml", tiny_overrides(tiny_data, tmp_path))
+    sr = save_stage_checkpoint(build_stage(sr_cfg, build_datamodule(sr_cfg)), tmp_path / "sr.ckpt")
+    clips = sorted((tiny_data / "test").rglob("*.mp4"))
+    out = tmp_path / "anim_sr.mp4"
+    assert main(["animate", "--checkpoint", str(base), "--sr-checkpoint", str(sr), "--source", str(clips[0]),
+                 "--driving", str(clips[1]), "--out", str(out), "--device", "cpu", "--max-frames", "6"]) == 0
+    assert read_video(out).shape == (6, 64, 64, 3)

@@ -58,6 +58,14 @@ class MetaPortraitStage(Stage):
         from mp_lightning.networks.perceptual import VGGPerceptualLoss
 
         hp = self.hp
+        data_size = (config.get("data") or {}).get("image_size")
+        if data_size is not None and data_size != hp.net.image_size:
+            from mp_lightning.errors import ConfigError
+
+            raise ConfigError(
+                f"config key 'data.image_size' is {data_size} but 'model.net.image_size' is {hp.net.image_size}: "
+                f"the network is built for one resolution, set both to the same value"
+            )
         if hp.landmarks:
             self.landmark_spec = LandmarkSpec.from_json({"preset": hp.landmarks})
         elif landmark_spec is not None:
