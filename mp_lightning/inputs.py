@@ -16,6 +16,13 @@ from mp_lightning.errors import DataError
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is returned as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _landmarks_beside(path: Path) -> Path:
     return path.with_name(path.name.rsplit(".", 1)[0] + ".landmarks.npy")
 

@@ -14,29 +14,22 @@ def add_arguments(parser):
     parser.add_argument("--max-frames", type=int, default=None, help="animate only the first N driving frames")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--sr-checkpoint", default=None, help="temporal super-resolution checkpoint: write 2x video")
     parser.add_argument("--relative", action=__import__("argparse").BooleanOptionalAction, default=True,
                         help="FOMM: relative motion with adapt_movement_scale (default) or absolute motion")
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
-
-
 def run(args) -> int:
+    from mp_lightning.inputs import resolve_device
+
     import torch
 
     from mp_lightning import load_stage
     from mp_lightning.inputs import load_driving, load_source
     from mp_lightning.video import write_video
 
-    stage = load_stage(args.checkpoint, map_location=args.device)
+    stage = load_stage(args.checkpoint, map_location=resolve_device(args.device))
     size = int(stage.hparams["config"]["data"]["image_size"])
     source, source_landmarks = load_source(args.source, size=size, frame=args.source_frame)
     driving, driving_landmarks = load_driving(args.driving, size=size, max_frames=args.max_frames)
@@ -45,7 +38,7 @@ def run(args) -> int:
         kwargs["relative"] = args.relative
     frames = stage.animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
     if args.sr_checkpoint:
-        sr = load_stage(args.sr_checkpoint, map_location=args.device)
+        sr = load_stage(args.sr_checkpoint, map_location=resolve_device(args.device))
         frames = sr.upscale_clip(frames, progress=True)
         source = torch.nn.functional.interpolate(source[None], size=frames.shape[-2:], mode="bicubic", align_corners=False)[0]
         driving = torch.nn.functional.interpolate(driving, size=frames.shape[-2:], mode="bicubic", align_corners=False)

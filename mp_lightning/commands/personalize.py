@@ -21,20 +21,13 @@ def add_arguments(parser) -> None:
                         help="false: random LPIPS trunk (offline smoke runs only, not LPIPS)")
     parser.add_argument("--identity-pretrained", default="true", choices=("true", "false"),
                         help="false: random face embedder (offline smoke runs only)")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
-
-
 def run(args) -> int:
+    from mp_lightning.inputs import resolve_device
+
     from pathlib import Path
 
     from mp_lightning.errors import UserFacingError
@@ -44,7 +37,7 @@ def run(args) -> int:
 
     if args.steps < 0:
         raise UserFacingError("--steps must be >= 0")
-    stage = load_stage(args.checkpoint, map_location=args.device, eval_mode=False)
+    stage = load_stage(args.checkpoint, map_location=resolve_device(args.device), eval_mode=False)
     if isinstance(stage, MetaLearningModule):
         stage = stage.inner
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"personalized_{Path(args.video).stem}"
