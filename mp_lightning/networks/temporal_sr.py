@@ -387,6 +387,20 @@ class TemporalSRGenerator(nn.Module):
         """Names of the window-module parameters (absent from GFPGAN v1.3 checkpoints)."""
         return [n for n, _ in self.named_parameters() if n.startswith(("window_down.", "recurrent_forward."))]
 
+    def parameters_outside_forward(self) -> List[nn.Parameter]:
+        """Parameters the plain forward never uses under this config (kept for the official state-dict layout):
+        GFPGAN's intermediate RGB heads (only with `return_intermediates`), the decoder's style MLP when the
+        encoder's codes are already latents, and the noise strengths in the official zero-noise mode. A
+        training stage freezes them, so DDP does not wait for their gradients."""
+        cfg = self.config
+        unused = list(self.toRGB.parameters())
+        decoder = self.stylegan_decoder
+        if cfg.input_is_latent:
+            unused += list(decoder.style_mlp.parameters())
+        if cfg.noise_mode == "zero":
+            unused += [decoder.style_conv1.weight] + [conv.weight for conv in decoder.style_convs]
+        return unused
+
     # -- forward ------------------------------------------------------------------------------------------
 
     def forward(self, lq: torch.Tensor, clamp: bool = False, return_intermediates: bool = False,

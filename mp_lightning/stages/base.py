@@ -6,6 +6,9 @@ metric and media callbacks can use it for any stage or baseline.
 """
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from mp_lightning.errors import CheckpointError
 
 
+class NonFiniteGrads(str, Enum):
+    """What an optimizer step does when a gradient holds NaN/inf (after AMP unscaling). Either way it is counted
+    and logged as `train/skipped_steps` / `train/nonfinite_grads`."""
+
+    skip = "skip"  # the step is skipped (under 16-mixed the GradScaler skips it and lowers its scale)
+    nan_to_num = "nan_to_num"  # the released MetaPortrait code (fp32): NaN -> 0, +-inf -> +-optim.nan_to_num, then clip
+
+
 class Stage(L.LightningModule):
+    """A training stage. Gradient hygiene is shared: before every optimizer step (after AMP unscaling) the
+    gradients of each `clip_group` of the optimizer's param groups are norm-clipped to `model.optim.grad_clip`
+    and a non-finite gradient is handled by `model.optim.nonfinite_grads`, counted and logged."""
+
     Config: type = None  # the dataclass that types this stage's `model:` section
 
     @classmethod
@@ -34,6 +49,9 @@ class Stage(L.LightningModule):
         self.save_hyperparameters({"config": config, "landmark_spec": landmark_spec})
         self.experiment_config = config
         self.hp = self.typed_model_config(config.get("model") or {})
+        self.nonfinite_steps = 0  # optimizer steps whose gradients held NaN/inf (kept in checkpoints)
+        self.skipped_steps = 0  # ... of which were skipped
+        self.last_grad_norms: dict[str, torch.Tensor] = {}
 
     # --- contract -----------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:  # pragma: no cover - abstract
@@ -45,17 +63,64 @@ class Stage(L.LightningModule):
         if target is not None and "prediction" in out and not batch.get("cross_identity", False):
             self.log("val/l1", (out["prediction"] - target).abs().mean(), prog_bar=True, sync_dist=True,
                      batch_size=target.shape[0], add_dataloader_idx=False)
-        return _detach(out)
+        return detached(out)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return _detach(self(batch))
+        return detached(self(batch))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return _detach(self(batch))
+        return detached(self(batch))
 
     def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
         """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
         return animate_with_pairs(self, source, driving, driving_landmarks, source_landmarks, **kwargs)
+
+    # --- gradient hygiene -----------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this after the GradScaler has unscaled the gradients and before `optimizer.step`,
+        # for manual optimization too: clipping sees true gradients and the scaler still sees the overflow
+        optim = getattr(self.hp, "optim", None)
+        if optim is None:
+            return
+        clip = float(getattr(optim, "grad_clip", 0.0) or 0.0)
+        groups: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for group in optimizer.param_groups:
+            groups[group.get("clip_group", "all")] += [p for p in group["params"] if p.grad is not None]
+        norms = {name: clip_grad_norm(params, clip) for name, params in groups.items() if params}
+        self.last_grad_norms = norms  # per clip group, before clipping
+        if not norms:
+            return
+        # one host sync per step, as the GradScaler's own inf check makes
+        if bool(torch.stack(list(norms.values())).isfinite().all()):
+            return
+        self.nonfinite_steps += 1
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        mode = NonFiniteGrads(getattr(optim, "nonfinite_grads", NonFiniteGrads.skip))
+        if scaler is None and mode is NonFiniteGrads.nan_to_num:
+            limit = float(getattr(optim, "nan_to_num", 1e5))
+            for params in groups.values():
+                for p in params:
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=limit, neginf=-limit)
+                clip_grad_norm(params, clip)
+            return
+        self.skipped_steps += 1
+        if scaler is None:
+            for params in groups.values():
+                for p in params:
+                    p.grad = None  # Adam and SGD leave a parameter without gradient untouched: the step is skipped
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        self.log("train/nonfinite_grads", float(self.nonfinite_steps))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mp_lightning_counters"] = {"nonfinite_steps": self.nonfinite_steps,
+                                               "skipped_steps": self.skipped_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counters = checkpoint.get("mp_lightning_counters") or {}
+        self.nonfinite_steps = int(counters.get("nonfinite_steps", 0))
+        self.skipped_steps = int(counters.get("skipped_steps", 0))
 
     # --- helpers ------------------------------------------------------------------------------
     def log_losses(self, losses: dict[str, torch.Tensor], prefix: str = "train", batch_size: int | None = None):
@@ -63,8 +128,45 @@ class Stage(L.LightningModule):
             self.log(f"{prefix}/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size)
 
 
-def _detach(out: dict) -> dict:
-    return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+def clip_grad_norm(grads_of: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Total 2-norm of the gradients of `grads_of` (parameters); scales them to `max_norm` when above it (> 0).
+    Non-finite norms are returned, never applied."""
+    grads = [p.grad for p in grads_of]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
+    if max_norm > 0:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        coef = torch.where(norm.isfinite(), coef, torch.ones_like(coef))
+        torch._foreach_mul_(grads, coef)
+    return norm
+
+
+def call_frozen(module: torch.nn.Module, *args, **kwargs):
+    """`module(*args, **kwargs)` with its parameters detached: gradients reach the inputs, never the module.
+
+    A generator's adversarial term goes through the discriminator this way, so that one backward of
+    generator + discriminator losses gives each network exactly its own gradient (one backward per step
+    is what DDP expects). Buffers (spectral-norm vectors, BN statistics) are the module's own.
+    """
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, params, args, kwargs, strict=False)
+
+
+def trainable(*modules_or_params) -> list[torch.nn.Parameter]:
+    """The parameters that require gradients, in order, from modules and/or parameter lists."""
+    out = []
+    for item in modules_or_params:
+        params = item.parameters() if isinstance(item, torch.nn.Module) else item
+        out += [p for p in params if p.requires_grad]
+    return out
+
+
+def detached(value):
+    """`value` (a tensor, or dicts/lists of them, e.g. a stage's or a discriminator's output) without its graph."""
+    if isinstance(value, dict):
+        return {k: detached(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [detached(v) for v in value]
+    return value.detach() if torch.is_tensor(value) else value
 
 
 def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_mode: bool = True) -> Stage:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from mp_lightning.equivariance import TransformParams, equivariance_losses
 from mp_lightning.motion import expand_kp, transfer_motion
 from mp_lightning.networks.fomm import FOMMNetConfig, KPDetector, OcclusionAwareGenerator, build_fomm_discriminator
-from mp_lightning.stages.base import Stage, load_init_weights
+from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen, detached, load_init_weights
 
 
 @dataclass
@@ -50,6 +50,8 @@ class FOMMOptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     lr_milestones: List[int] = field(default_factory=lambda: [60, 90])  # epochs; vox-adv: none
     lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # gradient-norm clip per network after AMP unscaling; official: none
+    nonfinite_grads: NonFiniteGrads = NonFiniteGrads.skip  # a step with NaN/inf gradients is skipped and counted
 
 
 @dataclass
@@ -59,6 +61,7 @@ class FOMMStageConfig:
     losses: FOMMLossWeights = field(default_factory=FOMMLossWeights)
     transform: TransformParams = field(default_factory=TransformParams)  # equivariance TPS sigmas
     optim: FOMMOptimConfig = field(default_factory=FOMMOptimConfig)
+    sync_batchnorm: bool = True  # multi-process: BatchNorm over the global batch (official: synchronised BN)
     relative: bool = True  # animation: relative motion (demo --relative) or absolute
     adapt_movement_scale: bool = True  # animation: scale relative motion by hull areas (demo --adapt_scale)
     init_from: Optional[str] = None  # start from this checkpoint's weights (any mp-lightning checkpoint)
@@ -101,6 +104,20 @@ class FOMMStage(Stage):
                                             pretrained=hp.perceptual.pretrained)
         if hp.init_from:
             load_init_weights(self, hp.init_from, prefixes=("kp_detector.", "generator.", "discriminator."))
+        if not self.trains_discriminator:
+            self.discriminator.requires_grad_(False)
+
+    @property
+    def trains_discriminator(self) -> bool:
+        # official train.py steps the discriminator only when the generator has a GAN term (vox-adv)
+        return bool(self.hp.losses.generator_gan)
+
+    def setup(self, stage: str) -> None:
+        if self.hp.sync_batchnorm and self.trainer.world_size > 1:
+            from mp_lightning.distributed import sync_batchnorm_
+
+            sync_batchnorm_(self.kp_detector, self.trainer.strategy.root_device)
+            sync_batchnorm_(self.generator, self.trainer.strategy.root_device)
 
     @classmethod
     def from_networks(cls, kp_detector, generator, discriminator, net_config: FOMMNetConfig,
@@ -166,7 +183,9 @@ class FOMMStage(Stage):
         return torch.cat(frames)
 
     # --- training -------------------------------------------------------------------------------------
-    def generator_losses(self, batch: dict, out: dict, kp_driving: dict) -> dict:
+    def generator_losses(self, batch: dict, out: dict, kp_driving: dict, real_maps: dict | None = None) -> dict:
+        """Perceptual, equivariance and (vox-adv) GAN + feature-matching terms. The adversarial terms see the
+        discriminator through detached weights; `real_maps`: its output on the driving pyramid, if computed."""
         from mp_lightning import losses as L
 
         w = self.hp.losses
@@ -182,57 +201,57 @@ class FOMMStage(Stage):
             terms.update({k: v for k, v in eq.items() if k.startswith("equivariance_")})
         if w.generator_gan:
             kp_d = {"value": kp_driving["value"].detach()}
-            fake = self.discriminator(pred_pyr, kp=kp_d)
+            fake = call_frozen(self.discriminator, pred_pyr, kp=kp_d)
             terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake)
             if sum(w.feature_matching):
-                real = self.discriminator(target_pyr, kp=kp_d)
-                terms["feature_matching"] = L.feature_matching_loss(real, fake, list(w.feature_matching))
+                if real_maps is None:
+                    with torch.no_grad():
+                        real_maps = self.discriminator(target_pyr, kp=kp_d)
+                terms["feature_matching"] = L.feature_matching_loss(detached(real_maps), fake, list(w.feature_matching))
         terms["loss"] = sum(terms.values())
         return terms
 
     def training_step(self, batch: dict, batch_idx: int):
         from mp_lightning import losses as L
 
-        opt_g, opt_kp, opt_d = self.optimizers()
-        n = batch["source"].shape[0]
+        opt = self.optimizers()
         kp_source = self.kp_detector(batch["source"])
         kp_driving = self.kp_detector(batch["driving"])
         out = self.generator(batch["source"], kp_driving=kp_driving, kp_source=kp_source)
-        terms = self.generator_losses(batch, out, kp_driving)
-        opt_g.zero_grad(set_to_none=True)
-        opt_kp.zero_grad(set_to_none=True)
-        # one backward feeds both the generator and the keypoint detector (official train.py)
-        self.manual_backward(terms["loss"])
-        opt_g.step()
-        opt_kp.step()
-        if self.hp.losses.generator_gan:
+        real = None
+        if self.trains_discriminator:
             pyramid = self.perceptual.pyramid
             kp_d = {"value": kp_driving["value"].detach()}
             real = self.discriminator(pyramid(batch["driving"]), kp=kp_d)
+        terms = self.generator_losses(batch, out, kp_driving, real_maps=real)
+        total = terms["loss"]
+        if self.trains_discriminator:
             fake = self.discriminator(pyramid(out["prediction"].detach()), kp=kp_d)
-            d_loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
-            terms["discriminator"] = d_loss
-        self.log_losses(terms, batch_size=n)
+            terms["discriminator"] = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
+            total = total + terms["discriminator"]
+        # one backward feeds generator, keypoint detector and (vox-adv) discriminator, each with its own terms
+        # only (official train.py: G and KP from one backward, then D on the detached prediction); one Adam
+        # with a group per network, so DDP reduces each parameter once and a GradScaler checks all of them
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        opt.step()
+        self.log_losses(terms, batch_size=batch["source"].shape[0])
         return terms["loss"]
 
     def on_train_epoch_end(self) -> None:
-        scheds = self.lr_schedulers() or []
-        if not self.hp.losses.generator_gan:
-            scheds = scheds[:2]  # the discriminator never steps without the GAN term (vox-256)
-        for sched in scheds:
+        sched = self.lr_schedulers()
+        if sched is not None:
             sched.step()
 
     def configure_optimizers(self):
         o = self.hp.optim
-        betas = tuple(o.betas)
-        opts = [
-            torch.optim.Adam(self.generator.parameters(), lr=o.lr_generator, betas=betas),
-            torch.optim.Adam(self.kp_detector.parameters(), lr=o.lr_kp_detector, betas=betas),
-            torch.optim.Adam(self.discriminator.parameters(), lr=o.lr_discriminator, betas=betas),
+        groups = [
+            {"params": list(self.generator.parameters()), "lr": o.lr_generator, "name": "generator"},
+            {"params": list(self.kp_detector.parameters()), "lr": o.lr_kp_detector, "name": "kp_detector"},
         ]
-        scheds = [{"scheduler": torch.optim.lr_scheduler.MultiStepLR(opt, list(o.lr_milestones), o.lr_gamma),
-                   "interval": "epoch"} for opt in opts]
-        return opts, scheds
+        if self.trains_discriminator:
+            groups.append({"params": list(self.discriminator.parameters()), "lr": o.lr_discriminator,
+                           "name": "discriminator"})
+        opt = torch.optim.Adam([dict(g, clip_group=g["name"]) for g in groups], betas=tuple(o.betas))
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(o.lr_milestones), o.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -47,7 +47,7 @@ class MetaConfig:
     outer_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     outer_warp_lr_multiplier: float = 0.1  # warping-network outer lr = outer_lr x this (official warplr_tune)
     grad_clip: float = 0.3  # norm clip of inner gradients and of the official outer pseudo-gradient; 0 = off
-    nan_to_num: float = 1e5  # inner gradients are nan_to_num'ed to +-this first (official)
+    nan_to_num: float = 1e5  # inner gradients are nan_to_num'ed to +-this before clipping (official)
     remove_spectral_norm: bool = False  # strip spectral norm from the generator after init_from (official --remove_sn)
     init_from: Optional[str] = None  # all inner weights from this checkpoint (a base stage's or a meta one)
     lr_milestones: List[int] = field(default_factory=lambda: [2])  # outer lr x lr_gamma at these epochs (official)
@@ -121,14 +121,14 @@ def clean_and_clip_(params: Sequence[torch.nn.Parameter], clip: float, limit: fl
 
 
 def adapt(stage: Stage, batch: dict, steps: int, optimizer: torch.optim.Optimizer, params: Sequence,
-          clip: float = 0.3) -> list[float]:
+          clip: float = 0.3, nan_to_num: float = 1e5) -> list[float]:
     """`steps` optimizer steps of `stage_loss` on one pairs batch; returns the losses."""
     losses = []
     for _ in range(steps):
         loss = stage_loss(stage, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clean_and_clip_(params, clip)
+        clean_and_clip_(params, clip, nan_to_num)
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
@@ -301,7 +301,7 @@ class MetaLearningModule(Stage):
         for t in range(num_tasks):
             support = task_pairs(batch, t, "support")
             opt = make_inner_optimizer(groups, hp.inner_lr, hp.inner_betas)  # fresh per task (official)
-            losses += adapt(self.inner, support, hp.inner_steps, opt, params, hp.grad_clip)
+            losses += adapt(self.inner, support, hp.inner_steps, opt, params, hp.grad_clip, hp.nan_to_num)
             with torch.no_grad():
                 for p, p0, d in zip(params, phi, delta_sum):
                     d.add_(p.detach() - p0)
@@ -326,6 +326,14 @@ class MetaLearningModule(Stage):
         return None
 
     # --- DDP: the outer update synchronises itself ------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            # the inner loop backpropagates and steps its own Adam, outside the GradScaler: fp16 gradients
+            # would underflow unscaled, and the scaler would unscale the outer pseudo-gradient it never scaled
+            raise ConfigError(f"stage 'meta' does not train under trainer.precision={precision}: "
+                              f"use bf16-mixed (GPUs with bf16) or 32-true")
+
     def on_train_start(self) -> None:
         wrapper = getattr(self.trainer.strategy, "model", None)
         if isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
@@ -354,10 +362,12 @@ class MetaLearningModule(Stage):
 
     # --- resume: data sampling continues as in the uninterrupted run ------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         # tensors and plain tuples only, so that weights-only checkpoint loading accepts them
         checkpoint["meta_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         rng = checkpoint.get("meta_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

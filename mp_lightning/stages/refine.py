@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mp_lightning.errors import ConfigError
+from mp_lightning.stages.base import call_frozen, detached
 from mp_lightning.stages.warp import MetaPortraitStage, OptimConfig, PerceptualConfig, WarpStageConfig
 
 
@@ -86,7 +87,13 @@ class RefineStage(MetaPortraitStage):
             from mp_lightning.networks.identity import FaceEmbedder
 
             self.face_embedder = FaceEmbedder(pretrained=hp.identity.pretrained, align=hp.identity.align)
+        if not self.trains_discriminator:
+            self.discriminator.requires_grad_(False)
         self.automatic_optimization = False
+
+    @property
+    def trains_discriminator(self) -> bool:
+        return self.hp.losses.discriminator_gan > 0
 
     # --- forward ------------------------------------------------------------------------------------
     def source_identity(self, batch: dict) -> torch.Tensor:
@@ -113,7 +120,11 @@ class RefineStage(MetaPortraitStage):
         return out
 
     # --- losses (paper section 3.2; official weights) ----------------------------------------------
-    def generator_losses(self, batch: dict, out: dict, adversarial: bool = True) -> dict[str, torch.Tensor]:
+    def generator_losses(self, batch: dict, out: dict, adversarial: bool = True,
+                         real_features: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The generator's terms. The adversarial ones see the discriminator through detached weights, so their
+        gradient reaches the generator only. `real_features`: the discriminator's features of the driving
+        frames if already computed (feature matching reuses them)."""
         from mp_lightning import losses as L
 
         w = self.hp.losses
@@ -133,58 +144,61 @@ class RefineStage(MetaPortraitStage):
                 reference = self.face_embedder(batch["source"])
             terms["identity"] = w.identity * L.identity_loss(self.face_embedder(pred), reference)
         if adversarial and (w.generator_gan > 0 or w.feature_matching > 0):
-            fake = self.discriminator(pred)
+            fake = call_frozen(self.discriminator, pred)
             if w.generator_gan > 0:
                 terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake)
             if w.feature_matching > 0:
-                with torch.no_grad():
-                    real = self.discriminator(target)
+                if real_features is None:
+                    with torch.no_grad():
+                        real_features = self.discriminator(target)
                 weights = [w.feature_matching] * self.hp.discriminator.num_blocks
-                terms["feature_matching"] = L.feature_matching_loss(real, fake, weights)
+                terms["feature_matching"] = L.feature_matching_loss(detached(real_features), fake, weights)
         terms["loss"] = sum(terms.values())
         return terms
 
-    def discriminator_losses(self, batch: dict, out: dict) -> dict[str, torch.Tensor]:
+    def discriminator_losses(self, batch: dict, out: dict, real: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """LSGAN terms of the discriminator on the driving frames (`real`: its output there, if computed) and
+        on the detached prediction."""
         from mp_lightning import losses as L
 
-        real = self.discriminator(batch["driving"])
+        real = self.discriminator(batch["driving"]) if real is None else real
         fake = self.discriminator(out["prediction_raw"].detach())
         loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
         return {"discriminator": loss}
 
     # --- training -----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int):
-        opt_g, opt_d = self.optimizers()
+        opt = self.optimizers()
         batch = self.prepare(batch)
-        n = batch["source"].shape[0]
-
-        self.toggle_optimizer(opt_g)
         out = self(batch)
-        g_losses = self.generator_losses(batch, out, adversarial=True)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_losses["loss"])
-        self.clean_and_clip(opt_g, self.generator.parameters())
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
-        if self.hp.losses.discriminator_gan > 0:
-            self.toggle_optimizer(opt_d)
-            d_losses = self.discriminator_losses(batch, out)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_losses["discriminator"])
-            self.clean_and_clip(opt_d, self.discriminator.parameters())
-            opt_d.step()
-            self.untoggle_optimizer(opt_d)
-            g_losses.update(d_losses)
-        self.log_losses(g_losses, batch_size=n)
-        return g_losses["loss"]
+        # the discriminator sees the driving frames once: its loss and the generator's feature matching share it
+        real = self.discriminator(batch["driving"]) if self.trains_discriminator else None
+        losses = self.generator_losses(batch, out, adversarial=True, real_features=real)
+        total = losses["loss"]
+        if self.trains_discriminator:
+            losses.update(self.discriminator_losses(batch, out, real=real))
+            total = total + losses["discriminator"]
+        # One backward and one Adam over generator and discriminator groups: each network's terms reach only
+        # its own weights (see `generator_losses`), which equals the official G-then-D steps (D's step uses
+        # the prediction made before G moved), lets DDP reduce every parameter once per step, and lets a
+        # GradScaler unscale and check all gradients before one update.
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        opt.step()  # clipping per network and the non-finite check run in `on_before_optimizer_step`
+        self.log_losses(losses, batch_size=batch["source"].shape[0])
+        return losses["loss"]
 
     def on_train_epoch_end(self) -> None:
-        for sched in self.lr_schedulers() or []:
+        sched = self.lr_schedulers()
+        if sched is not None:
             sched.step()
 
     def configure_optimizers(self):
         o = self.hp.optim
-        opt_g = self._adam(self.generator_param_groups())
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.discriminator_lr, betas=tuple(o.betas))
-        return [opt_g, opt_d], [self._scheduler(opt_g), self._scheduler(opt_d)]
+        groups = self.generator_param_groups()
+        if self.trains_discriminator:
+            groups.append({"params": list(self.discriminator.parameters()), "lr": o.discriminator_lr,
+                           "name": "discriminator", "clip_group": "discriminator"})
+        opt = self._adam(groups)
+        return {"optimizer": opt, "lr_scheduler": self._scheduler(opt)}
+

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from mp_lightning.errors import ConfigError
 from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator
-from mp_lightning.stages.base import Stage
+from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen
 
 LQ_SOURCES = ("downsample", "base_model")
 # torchvision VGG19 `features` indices of the pre-ReLU outputs conv1_2, conv2_2, conv3_4, conv4_4, conv5_4
@@ -69,6 +69,8 @@ class SROptimConfig:
     lr: float = 1e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
     eta_min: float = 1e-7  # cosine schedule floor
+    grad_clip: float = 0.0  # gradient-norm clip per network after AMP unscaling; official: none
+    nonfinite_grads: NonFiniteGrads = NonFiniteGrads.skip  # a step with NaN/inf gradients is skipped and counted
     cosine_steps: Optional[int] = None  # cosine period in steps; None = trainer.max_steps (or the estimated total)
 
 
@@ -274,7 +276,11 @@ class SuperResolutionStage(Stage):
             with torch.no_grad():
                 for head in [decoder.to_rgb1, *decoder.to_rgbs]:
                     head.modulated_conv.weight.zero_()
+        # kept for the official layout, never used by the forward: frozen, so DDP waits for no gradient of theirs
+        for p in self.generator.parameters_outside_forward():
+            p.requires_grad_(False)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        self._ema_updates_seen: int | None = None  # host copy of `ema_updates` (no device sync per step)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if hp.losses.perceptual or hp.losses.style:
             self.perceptual = SRPerceptualStyleLoss(hp.perceptual.layer_weights, hp.perceptual.pretrained)
@@ -433,7 +439,7 @@ class SuperResolutionStage(Stage):
             out["perceptual"], out["style"] = perc, style
             total = total + w.perceptual * perc + w.style * style
         if self.discriminator is not None:
-            out["gan"] = F.softplus(-self.discriminator(p)).mean()
+            out["gan"] = F.softplus(-call_frozen(self.discriminator, p)).mean()
             total = total + w.gan * out["gan"]
         out["loss"] = total
         return out
@@ -443,61 +449,66 @@ class SuperResolutionStage(Stage):
         with torch.no_grad():
             lq = self.make_lq(gt, batch)
         pred = self.run_net(self.generator, lq)
-        opts = self.optimizers()
-        opt_g = opts[0] if isinstance(opts, list) else opts
-        if self.discriminator is not None:
-            self.discriminator.requires_grad_(False)
+        opt = self.optimizers()
         losses = self.losses(pred, gt)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(losses["loss"])
-        opt_g.step()
+        total = losses["loss"]
         if self.discriminator is not None:
-            opt_d = opts[1]
-            self.discriminator.requires_grad_(True)
             real = self.discriminator(gt.flatten(0, 1))
             fake = self.discriminator(pred.detach().flatten(0, 1))
-            d_loss = F.softplus(-real).mean() + F.softplus(fake).mean()
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
-            losses["discriminator"] = d_loss
-        scheds = self.lr_schedulers()
-        for s in (scheds if isinstance(scheds, list) else [scheds]):
-            if s is not None:
-                s.step()
+            losses["discriminator"] = F.softplus(-real).mean() + F.softplus(fake).mean()
+            total = total + losses["discriminator"]
+        # one backward, one Adam with a group per network: the generator's GAN term sees the discriminator
+        # through detached weights (`losses`), the discriminator's terms a detached prediction
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        opt.step()
+        self.lr_schedulers().step()
         self.update_ema()
         self.log_losses(losses, batch_size=gt.shape[0])
         return losses["loss"]
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        n = int(self.ema_updates.item())
+        if self._ema_updates_seen is None:
+            self._ema_updates_seen = int(self.ema_updates.item())  # once: the counter may come from a checkpoint
+        n = self._ema_updates_seen
         decay = self.hp.ema_decay
         if self.hp.ema_warmup:
             decay = min(decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema.parameters(), self.generator.parameters()):
-            e.lerp_(p.detach(), 1 - decay)
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in self.generator.parameters()], 1 - decay)
         for e, b in zip(self.ema.buffers(), self.generator.buffers()):
             e.copy_(b)
         self.ema_updates += 1
+        self._ema_updates_seen = n + 1
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._ema_updates_seen = None
 
     def configure_optimizers(self):
         o = self.hp.optim
-        params = [p for p in self.generator.parameters() if p.requires_grad]
-        opt_g = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas))
         steps = o.cosine_steps
         if not steps:
             trainer = getattr(self, "_trainer", None)
             max_steps = trainer.max_steps if trainer is not None else -1
             steps = max_steps if max_steps and max_steps > 0 else (int(trainer.estimated_stepping_batches) if trainer else 1)
         steps = max(int(steps), 1)
-        optimizers = [opt_g]
-        schedulers = [{"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=steps, eta_min=o.eta_min),
-                       "interval": "step"}]
+        groups = [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": o.lr,
+                   "name": "generator", "clip_group": "generator"}]
+        floor = o.eta_min / o.lr if o.lr > 0 else 0.0
+
+        def cosine(step: int) -> float:  # CosineAnnealingLR's curve as a factor of the base lr
+            return floor + (1 - floor) * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+
+        factors = [cosine]
         if self.discriminator is not None:
-            opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hp.gan.lr, betas=tuple(o.betas))
-            optimizers.append(opt_d)
-        return optimizers, schedulers
+            groups.append({"params": list(self.discriminator.parameters()), "lr": self.hp.gan.lr,
+                           "name": "discriminator", "clip_group": "discriminator"})
+            factors.append(lambda step: 1.0)  # the discriminator keeps its lr
+        opt = torch.optim.Adam(groups, betas=tuple(o.betas))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factors)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- validation -----------------------------------------------------------------------------------
     def _warp_metric(self):

@@ -14,7 +14,7 @@ from typing import List, Optional
 import torch
 
 from mp_lightning.networks.metaportrait import MetaPortraitGenerator, MetaPortraitNetConfig
-from mp_lightning.stages.base import Stage, load_init_weights
+from mp_lightning.stages.base import NonFiniteGrads, Stage, load_init_weights, trainable
 
 
 @dataclass
@@ -32,8 +32,9 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     lr_milestones: List[int] = field(default_factory=lambda: [45])  # epochs at which lr *= lr_gamma
     lr_gamma: float = 0.1
-    grad_clip: float = 0.3  # gradient-norm clipping of every network (official value)
-    nan_to_num: float = 1e5  # gradients are nan_to_num'ed to +-this before clipping (official)
+    grad_clip: float = 0.3  # gradient-norm clipping of every network, after AMP unscaling (official value)
+    nonfinite_grads: NonFiniteGrads = NonFiniteGrads.skip  # skip | nan_to_num (released code, fp32)
+    nan_to_num: float = 1e5  # with nonfinite_grads=nan_to_num: +-inf becomes +-this (official)
 
 
 @dataclass
@@ -118,29 +119,22 @@ class MetaPortraitStage(Stage):
 
     # --- optimisation -------------------------------------------------------------------------------
     def generator_param_groups(self) -> list[dict]:
+        """The generator's trainable parameters as Adam groups; both clip together, as the official
+        `clip_grad_norm_(generator.parameters())`."""
         o = self.hp.optim
-        return [
-            {"params": self.generator.refine_parameters(), "lr": o.lr, "name": "refine"},
-            {"params": self.generator.warp_parameters(), "lr": o.lr * o.warp_lr_multiplier, "name": "warp"},
+        groups = [
+            {"params": trainable(self.generator.refine_parameters()), "lr": o.lr, "name": "refine"},
+            {"params": trainable(self.generator.warp_parameters()), "lr": o.lr * o.warp_lr_multiplier, "name": "warp"},
         ]
+        return [dict(g, clip_group="generator") for g in groups if g["params"]]
 
     def _adam(self, groups):
-        o = self.hp.optim
-        return torch.optim.Adam([g for g in groups if g["params"]], betas=tuple(o.betas))
+        return torch.optim.Adam(groups, betas=tuple(self.hp.optim.betas))
 
     def _scheduler(self, optimizer):
         o = self.hp.optim
         return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.lr_milestones), o.lr_gamma),
                 "interval": "epoch"}
-
-    def clean_and_clip(self, optimizer, parameters) -> None:
-        """Official gradient hygiene: nan_to_num, then norm clipping (through Lightning, so AMP unscales first)."""
-        limit = self.hp.optim.nan_to_num
-        for p in parameters:
-            if p.grad is not None:
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=limit, neginf=-limit)
-        if self.hp.optim.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hp.optim.grad_clip, gradient_clip_algorithm="norm")
 
     # --- animation ----------------------------------------------------------------------------------
     def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs):
@@ -152,11 +146,19 @@ class MetaPortraitStage(Stage):
 
 
 class WarpStage(MetaPortraitStage):
-    """Stage 1: only the warping network (ladder encoder + dense motion network) is trained."""
+    """Stage 1: only the warping network (ladder encoder + dense motion network) is trained.
+
+    The refinement network stays in the module (stage 2 and the official checkpoint layout carry it) but
+    is frozen, and so is the occlusion head: the warp loss on `deformed` never reaches either, and DDP
+    must not wait for gradients that cannot come.
+    """
 
     def __init__(self, config: dict, landmark_spec: dict | None = None):
         super().__init__(config, landmark_spec)
         self.automatic_optimization = False
+        for p in self.generator.refine_parameters():
+            p.requires_grad_(False)
+        self.generator.dense_motion_network.occlusion_net.requires_grad_(False)
 
     def training_step(self, batch: dict, batch_idx: int):
         batch = self.prepare(batch)
@@ -165,8 +167,7 @@ class WarpStage(MetaPortraitStage):
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        self.clean_and_clip(opt, self.generator.warp_parameters())
-        opt.step()
+        opt.step()  # clipping and the non-finite check run in `on_before_optimizer_step`
         self.log_losses({"loss": loss, "warp_perceptual": loss}, batch_size=batch["source"].shape[0])
         return loss
 
@@ -177,5 +178,6 @@ class WarpStage(MetaPortraitStage):
 
     def configure_optimizers(self):
         o = self.hp.optim
-        opt = self._adam([{"params": self.generator.warp_parameters(), "lr": o.lr * o.warp_lr_multiplier, "name": "warp"}])
+        opt = self._adam([{"params": trainable(self.generator.warp_parameters()), "lr": o.lr * o.warp_lr_multiplier,
+                           "name": "warp", "clip_group": "generator"}])
         return {"optimizer": opt, "lr_scheduler": self._scheduler(opt)}
