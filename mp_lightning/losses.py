@@ -18,13 +18,19 @@ def masked_pyramid_mse(prediction: Pyramid, target: Pyramid, mask: torch.Tensor,
     """Official eye/mouth loss: sum over pyramid scales of sum((p - t)^2 * m) / (sum(m) + eps).
 
     prediction, target: pyramids {"prediction_<scale>": (B, C, H_s, W_s)} (see `ImagePyramid`); mask
-    (B, 1, H, W) 0/1, nearest-resized to each scale. The sums run over the whole batch and all channels.
+    (B, 1, H, W) 0/1, nearest-resized to each scale. The sums run over the whole batch and all channels;
+    under DDP the mask area is that of the global batch (averaged over processes), so that N processes
+    train what one process trains on their batches together (the official code normalises per GPU).
     """
-    total = 0.0
-    for key, pred in prediction.items():
-        m = F.interpolate(mask.to(pred.dtype), size=pred.shape[2:], mode="nearest")
-        total = total + ((pred - target[key]) ** 2 * m).sum() / (m.sum() + eps)
-    return total if isinstance(total, torch.Tensor) else mask.new_zeros(())
+    from mp_lightning.distributed import mean_over_processes
+
+    masks = {key: F.interpolate(mask.to(pred.dtype), size=pred.shape[2:], mode="nearest")
+             for key, pred in prediction.items()}
+    if not masks:
+        return mask.new_zeros(())
+    areas = mean_over_processes(torch.stack([m.sum() for m in masks.values()]).detach())
+    return sum(((pred - target[key]) ** 2 * masks[key]).sum() / (area + eps)
+               for (key, pred), area in zip(prediction.items(), areas))
 
 
 def eye_loss(prediction: Pyramid, target: Pyramid, eye_mask: torch.Tensor) -> torch.Tensor:
