@@ -141,12 +141,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger=None, callbacks=None):
     import lightning as L
 
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["precision"] = resolve_precision(kwargs["precision"], kwargs["accelerator"])
     return L.Trainer(
         default_root_dir=str(run_dir),
         logger=logger if logger is not None else False,
         callbacks=callbacks or [],
         **kwargs,
     )
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`mixed` is bf16-mixed on GPUs that compute in bf16 (Ampere and later), else 16-mixed on GPUs, and
+    32-true without a GPU; any Lightning precision passes through unchanged."""
+    if str(precision) != "mixed":
+        return precision
+    import torch
+
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -257,7 +270,7 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     trainer = L.Trainer(
         default_root_dir=str(run_dir), logger=logger, callbacks=[metrics_cb],
         accelerator=trainer_cfg["accelerator"], devices=trainer_cfg["devices"], num_nodes=trainer_cfg["num_nodes"],
-        strategy=trainer_cfg["strategy"], precision=trainer_cfg["precision"],
+        strategy=trainer_cfg["strategy"], precision=resolve_precision(trainer_cfg["precision"], trainer_cfg["accelerator"]),
         limit_test_batches=trainer_cfg["limit_test_batches"], enable_progress_bar=trainer_cfg["enable_progress_bar"],
     )
     metrics_cb.set_names = {"test": data.test_set_names}

@@ -14,8 +14,8 @@ class TrainerConfig:
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: Any = "auto"  # int, list of ids or "auto"; per node
     num_nodes: int = 1  # multi-node DDP (torchrun --nnodes / SLURM --nodes)
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true | ...
-    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed (mixed precision is for GPUs)
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ... (every stage trains under plain ddp)
+    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed | mixed (bf16 where the GPU has it, else 16)
     max_steps: int = -1  # optimizer steps; -1 means limited by max_epochs
     max_epochs: Optional[int] = None
     max_time: Optional[str] = None  # "DD:HH:MM:SS"; stops cleanly, resumable
@@ -30,7 +30,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None  # automatic-optimization stages only; GAN stages clip themselves
-    sync_batchnorm: bool = False  # FOMM's BatchNorm layers under DDP
+    sync_batchnorm: bool = False  # torch's SyncBatchNorm (GPUs only); FOMM syncs its own (model.sync_batchnorm)
     deterministic: Any = False
     benchmark: Optional[bool] = None  # cudnn.benchmark
     enable_progress_bar: bool = True
