@@ -22,6 +22,10 @@ Batch keys (images float32 ``(.., 3, H, W)`` in [0, 1]; landmarks float32 ``(..,
 Every mode adds ``source_identity`` (B, D) when every clip of the split has a
 ``<clip>.identity.npy``.
 
+A stage's per-sample transform (:meth:`VoxCelebDataModule.set_sample_transform`) adds its own keys
+in the workers, e.g. MetaPortrait's source_line, driving_line, eye_mask, mouth_mask and
+gaze_points (for ``identity_tasks``: source_line and ``{support,query}_driving_line`` etc.).
+
 Training samples are random (a fresh stream per worker, per rank and per epoch); validation and
 test sample ``i`` is drawn from a generator seeded by ``(eval_seed, i)``, so it is the same every
 epoch, in every worker and on every rank.
@@ -82,6 +86,9 @@ class ClipSampleDataset(Dataset):
         self.flip_permutation = None if flip_permutation is None else np.asarray(flip_permutation)
         self.failure_log = failure_log
         self.landmark_subset: np.ndarray | None = None  # point ids kept (data.landmark_subset), None = all
+        # per-sample inputs the model derives from the data (a stage's `sample_transform`), run here so
+        # that they are made in the DataLoader workers; None = items as read
+        self.sample_transform = None
         self.reader = FrameReader(config.reader_cache_size, config.decode_threads)
         self.rank = 0  # set by the DataModule so DDP ranks draw different training streams
         self.epoch_seed = 0  # bumped by the DataModule each epoch (persistent workers keep their stream)
@@ -177,7 +184,7 @@ class ClipSampleDataset(Dataset):
                 self._record_failure(failed.clip, failed.error)
                 unit = int(rng.integers(self._units()))
                 continue
-            return item
+            return item if self.sample_transform is None else self.sample_transform(item)
         raise DataError(
             f"{self.config.max_decode_retries + 1} clips in a row failed to decode (last: {sorted(self.failures)[-1:]}); "
             "the data root looks broken"
@@ -313,7 +320,9 @@ def task_pairs(batch: dict, task_index: int, split: str) -> dict:
 
     The task's source is repeated against its ``split`` ("support" or "query") driving frames:
     source, driving (N, 3, H, W); source_landmarks, driving_landmarks (N, K, 2); source_index,
-    driving_index (N,); clip, identity (list[str] of length N); source_identity (N, D) if present.
+    driving_index (N,); clip, identity (list[str] of length N); source_identity (N, D) if present;
+    source_line (N, 3, H, W) and driving_line / eye_mask / mouth_mask / gaze_points when the batch
+    carries the source line and that split's ``{split}_driving_line`` etc. (a stage's sample transform).
     """
     if split not in ("support", "query"):
         raise ValueError(f"split must be 'support' or 'query', got {split!r}")
@@ -332,6 +341,12 @@ def task_pairs(batch: dict, task_index: int, split: str) -> dict:
         out["driving_landmarks"] = batch[f"{split}_driving_landmarks"][task_index]
     if "source_identity" in batch:
         out["source_identity"] = batch["source_identity"][task_index].unsqueeze(0).repeat(n, 1)
+    # inputs a stage's sample transform derived in the workers (e.g. MetaPortrait's landmark drawings)
+    if "source_line" in batch:
+        out["source_line"] = batch["source_line"][task_index].unsqueeze(0).repeat(n, 1, 1, 1)
+    for key in ("driving_line", "eye_mask", "mouth_mask", "gaze_points"):
+        if f"{split}_{key}" in batch:
+            out[key] = batch[f"{split}_{key}"][task_index]
     return out
 
 
@@ -383,6 +398,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         if cfg.landmark_subset:
             self._subset, self._spec = subset_landmark_spec(self._full_spec, cfg.landmark_subset, cfg.root)
         self.scans: dict[str, SplitScan] = {}
+        self.sample_transform = None  # see `set_sample_transform`
         self.train_dataset: ClipSampleDataset | None = None
         self.val_dataset: ClipSampleDataset | None = None
         self.test_dataset: ClipSampleDataset | None = None
@@ -406,6 +422,18 @@ class VoxCelebDataModule(L.LightningDataModule):
     @property
     def report_path(self) -> Path | None:
         return None if self.report_dir is None else Path(self.report_dir) / "data_report.json"
+
+    def set_sample_transform(self, transform) -> None:
+        """Run ``transform(item) -> item`` on every sample of every split, in the DataLoader workers.
+
+        The model's per-sample inputs (a stage's ``sample_transform()``, e.g. MetaPortrait's landmark
+        lines and masks) are made there, as the official loaders do, instead of on the main process
+        in the training step. ``transform`` must be picklable; None switches it off.
+        """
+        self.sample_transform = transform
+        for dataset in (self.train_dataset, self.val_dataset, self.test_dataset):
+            if dataset is not None:
+                dataset.sample_transform = transform
 
     # ------------------------------------------------------------------ setup
     def _scan(self, split: str) -> SplitScan:
@@ -457,6 +485,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         log = None if self.report_dir is None else str(Path(self.report_dir) / "data_sample_failures.jsonl")
         dataset = ClipSampleDataset(clips, self.config, train, perm, log, split)
         dataset.landmark_subset = None if self._subset is None else np.asarray(self._subset)
+        dataset.sample_transform = self.sample_transform
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
