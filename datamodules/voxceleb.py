@@ -20,7 +20,9 @@ Batch keys (images float32 ``(.., 3, H, W)`` in [0, 1]; landmarks float32 ``(..,
     ``pairs`` batch.
 
 Every mode adds ``source_identity`` (B, D) when every clip of the split has a
-``<clip>.identity.npy``.
+``<clip>.identity.npy``, and then ``source_identity_kind`` (list[str]) when ``ROOT/identity.json``
+declares which embedding the files hold (e.g. "facenet-vggface2"; see
+:func:`datamodules.clips.load_identity_description`).
 
 A stage's per-sample transform (:meth:`VoxCelebDataModule.set_sample_transform`) adds its own keys
 in the workers, e.g. MetaPortrait's source_line, driving_line, eye_mask, mouth_mask and
@@ -50,6 +52,7 @@ from datamodules.clips import (
     ClipInfo,
     FrameReader,
     SplitScan,
+    load_identity_description,
     load_landmark_spec,
     report_dict,
     scan_split,
@@ -92,6 +95,7 @@ class ClipSampleDataset(Dataset):
         self.reader = FrameReader(config.reader_cache_size, config.decode_threads)
         self.rank = 0  # set by the DataModule so DDP ranks draw different training streams
         self.epoch_seed = 0  # bumped by the DataModule each epoch (persistent workers keep their stream)
+        self.identity_description: dict | None = None  # what the .identity.npy files hold (set by the DataModule)
         self.with_identity = bool(clips) and all(c.identity_path for c in clips)
         self._identities: dict[str, list[int]] = {}
         for i, c in enumerate(clips):
@@ -201,8 +205,18 @@ class ClipSampleDataset(Dataset):
         except Exception as err:  # noqa: BLE001 - a bad file must not end a long run
             raise _ClipFailed(clip, err) from err
 
-    def _identity_vector(self, clip: ClipInfo) -> torch.Tensor:
-        return torch.from_numpy(np.load(clip.identity_path).astype(np.float32).reshape(-1))
+    def _put_identity(self, item: dict, clip: ClipInfo) -> None:
+        vector = np.load(clip.identity_path).astype(np.float32).reshape(-1)
+        desc = self.identity_description
+        if desc is not None:
+            if vector.shape[0] != desc["dim"]:
+                raise DataError(
+                    f"{clip.identity_path} holds a {vector.shape[0]}-d embedding but the data root declares "
+                    f"{desc['dim']}-d '{desc['kind']}' embeddings ({desc.get('declared_by', 'identity.json')}): "
+                    f"rewrite the file or fix the declaration"
+                )
+            item["source_identity_kind"] = desc["kind"]
+        item["source_identity"] = torch.from_numpy(vector)
 
     def _put(self, item: dict, prefix: str, images, lms, indices) -> None:
         item[prefix] = images
@@ -259,7 +273,7 @@ class ClipSampleDataset(Dataset):
             item["driving_clip"] = dclip.name
             item["driving_identity"] = dclip.identity
         if self.with_identity:
-            item["source_identity"] = self._identity_vector(clip)
+            self._put_identity(item, clip)
         return item
 
     def _task_item(self, unit: int, rng: np.random.Generator) -> dict:
@@ -304,7 +318,7 @@ class ClipSampleDataset(Dataset):
             lm = None if src_lm is None else torch.stack([g[1] for g in got])
             self._put(item, prefix, torch.stack([g[0] for g in got]), lm, [f for _, f in part])
         if self.with_identity:
-            item["source_identity"] = self._identity_vector(clip)
+            self._put_identity(item, clip)
         return item
 
 
@@ -341,6 +355,8 @@ def task_pairs(batch: dict, task_index: int, split: str) -> dict:
         out["driving_landmarks"] = batch[f"{split}_driving_landmarks"][task_index]
     if "source_identity" in batch:
         out["source_identity"] = batch["source_identity"][task_index].unsqueeze(0).repeat(n, 1)
+    if "source_identity_kind" in batch:
+        out["source_identity_kind"] = [batch["source_identity_kind"][task_index]] * n
     # inputs a stage's sample transform derived in the workers (e.g. MetaPortrait's landmark drawings)
     if "source_line" in batch:
         out["source_line"] = batch["source_line"][task_index].unsqueeze(0).repeat(n, 1, 1, 1)
@@ -395,6 +411,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         self._full_spec = load_landmark_spec(cfg.root) if Path(cfg.root).is_dir() else None
         self._subset: list[int] | None = None  # point ids kept by data.landmark_subset
         self._spec = self._full_spec
+        self._identity_description = load_identity_description(cfg.root) if Path(cfg.root).is_dir() else None
         if cfg.landmark_subset:
             self._subset, self._spec = subset_landmark_spec(self._full_spec, cfg.landmark_subset, cfg.root)
         self.scans: dict[str, SplitScan] = {}
@@ -486,6 +503,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         dataset = ClipSampleDataset(clips, self.config, train, perm, log, split)
         dataset.landmark_subset = None if self._subset is None else np.asarray(self._subset)
         dataset.sample_transform = self.sample_transform
+        dataset.identity_description = self._identity_description
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
