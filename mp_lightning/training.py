@@ -134,6 +134,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
             every_n_epochs=ck.every_n_epochs if not ck.every_n_train_steps else None,
         )
     ]
+    if cfg.trainer.enable_progress_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.callbacks.progress_bar_refresh_rate)))
     if cfg.callbacks.lr_monitor and cfg.logger.type != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.callbacks.metrics:
