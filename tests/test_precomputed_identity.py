@@ -120,3 +120,12 @@ def test_identity_description_of_an_older_preprocessed_root(tmp_path):
     (tmp_path / "identity.json").write_text(json.dumps({"dim": 512}))
     with pytest.raises(DataError, match="identity.json"):
         load_identity_description(tmp_path)
+
+
+def test_preprocess_declares_its_embeddings(tmp_path):
+    from datamodules.clips import load_identity_description
+    from mp_lightning.preprocess.pipeline import write_identity_description
+
+    write_identity_description(tmp_path)
+    desc = load_identity_description(tmp_path)
+    assert desc["kind"] == "facenet-vggface2" and desc["dim"] == 512
