@@ -70,6 +70,39 @@ def identity_path_for(clip_path: Path) -> Path:
     return base.parent / f"{base.name}.identity.npy"
 
 
+IDENTITY_JSON = "identity.json"  # ROOT/identity.json: what the <clip>.identity.npy files of the root hold
+
+
+def load_identity_description(root: str | Path) -> dict | None:
+    """What the root's ``<clip>.identity.npy`` files hold: ``{"kind": str, "dim": int, ...}`` or None.
+
+    ``ROOT/identity.json`` (written by ``mp-lightning preprocess``) declares it, e.g.
+    ``{"kind": "facenet-vggface2", "dim": 512}``. A root preprocessed before that file existed is
+    recognised by its ``preprocess_report.json`` (every clip embedded: facenet with the VGGFace2
+    weights, the only embedder the preprocessing ever used). Anything else (e.g. the official 256-d
+    ``src_<k>_id.npy`` copied in) is undeclared: None.
+    """
+    root = Path(root)
+    path = root / IDENTITY_JSON
+    if path.is_file():
+        try:
+            desc = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(desc, dict) or not isinstance(desc.get("kind"), str) or not isinstance(desc.get("dim"), int):
+            raise DataError(f'{path}: expected an object with "kind" (e.g. "facenet-vggface2") and "dim" (e.g. 512)')
+        return desc
+    report = root / "preprocess_report.json"
+    if report.is_file():
+        try:
+            written = json.loads(report.read_text()).get("identity_embeddings") == "written"
+        except (OSError, ValueError, AttributeError):
+            written = False
+        if written:
+            return {"kind": "facenet-vggface2", "dim": 512, "declared_by": "preprocess_report.json"}
+    return None
+
+
 def load_landmark_spec(root: str | Path) -> dict | None:
     """The parsed ``ROOT/landmarks.json`` or None when the root has none."""
     path = Path(root) / "landmarks.json"

@@ -20,7 +20,13 @@ Batch keys (images float32 ``(.., 3, H, W)`` in [0, 1]; landmarks float32 ``(..,
     ``pairs`` batch.
 
 Every mode adds ``source_identity`` (B, D) when every clip of the split has a
-``<clip>.identity.npy``.
+``<clip>.identity.npy``, and then ``source_identity_kind`` (list[str]) when ``ROOT/identity.json``
+declares which embedding the files hold (e.g. "facenet-vggface2"; see
+:func:`datamodules.clips.load_identity_description`).
+
+A stage's per-sample transform (:meth:`VoxCelebDataModule.set_sample_transform`) adds its own keys
+in the workers, e.g. MetaPortrait's source_line, driving_line, eye_mask, mouth_mask and
+gaze_points (for ``identity_tasks``: source_line and ``{support,query}_driving_line`` etc.).
 
 Training samples are random (a fresh stream per worker, per rank and per epoch); validation and
 test sample ``i`` is drawn from a generator seeded by ``(eval_seed, i)``, so it is the same every
@@ -46,6 +52,7 @@ from datamodules.clips import (
     ClipInfo,
     FrameReader,
     SplitScan,
+    load_identity_description,
     load_landmark_spec,
     report_dict,
     scan_split,
@@ -82,9 +89,13 @@ class ClipSampleDataset(Dataset):
         self.flip_permutation = None if flip_permutation is None else np.asarray(flip_permutation)
         self.failure_log = failure_log
         self.landmark_subset: np.ndarray | None = None  # point ids kept (data.landmark_subset), None = all
+        # per-sample inputs the model derives from the data (a stage's `sample_transform`), run here so
+        # that they are made in the DataLoader workers; None = items as read
+        self.sample_transform = None
         self.reader = FrameReader(config.reader_cache_size, config.decode_threads)
         self.rank = 0  # set by the DataModule so DDP ranks draw different training streams
         self.epoch_seed = 0  # bumped by the DataModule each epoch (persistent workers keep their stream)
+        self.identity_description: dict | None = None  # what the .identity.npy files hold (set by the DataModule)
         self.with_identity = bool(clips) and all(c.identity_path for c in clips)
         self._identities: dict[str, list[int]] = {}
         for i, c in enumerate(clips):
@@ -177,7 +188,7 @@ class ClipSampleDataset(Dataset):
                 self._record_failure(failed.clip, failed.error)
                 unit = int(rng.integers(self._units()))
                 continue
-            return item
+            return item if self.sample_transform is None else self.sample_transform(item)
         raise DataError(
             f"{self.config.max_decode_retries + 1} clips in a row failed to decode (last: {sorted(self.failures)[-1:]}); "
             "the data root looks broken"
@@ -194,8 +205,18 @@ class ClipSampleDataset(Dataset):
         except Exception as err:  # noqa: BLE001 - a bad file must not end a long run
             raise _ClipFailed(clip, err) from err
 
-    def _identity_vector(self, clip: ClipInfo) -> torch.Tensor:
-        return torch.from_numpy(np.load(clip.identity_path).astype(np.float32).reshape(-1))
+    def _put_identity(self, item: dict, clip: ClipInfo) -> None:
+        vector = np.load(clip.identity_path).astype(np.float32).reshape(-1)
+        desc = self.identity_description
+        if desc is not None:
+            if vector.shape[0] != desc["dim"]:
+                raise DataError(
+                    f"{clip.identity_path} holds a {vector.shape[0]}-d embedding but the data root declares "
+                    f"{desc['dim']}-d '{desc['kind']}' embeddings ({desc.get('declared_by', 'identity.json')}): "
+                    f"rewrite the file or fix the declaration"
+                )
+            item["source_identity_kind"] = desc["kind"]
+        item["source_identity"] = torch.from_numpy(vector)
 
     def _put(self, item: dict, prefix: str, images, lms, indices) -> None:
         item[prefix] = images
@@ -252,7 +273,7 @@ class ClipSampleDataset(Dataset):
             item["driving_clip"] = dclip.name
             item["driving_identity"] = dclip.identity
         if self.with_identity:
-            item["source_identity"] = self._identity_vector(clip)
+            self._put_identity(item, clip)
         return item
 
     def _task_item(self, unit: int, rng: np.random.Generator) -> dict:
@@ -297,7 +318,7 @@ class ClipSampleDataset(Dataset):
             lm = None if src_lm is None else torch.stack([g[1] for g in got])
             self._put(item, prefix, torch.stack([g[0] for g in got]), lm, [f for _, f in part])
         if self.with_identity:
-            item["source_identity"] = self._identity_vector(clip)
+            self._put_identity(item, clip)
         return item
 
 
@@ -313,7 +334,9 @@ def task_pairs(batch: dict, task_index: int, split: str) -> dict:
 
     The task's source is repeated against its ``split`` ("support" or "query") driving frames:
     source, driving (N, 3, H, W); source_landmarks, driving_landmarks (N, K, 2); source_index,
-    driving_index (N,); clip, identity (list[str] of length N); source_identity (N, D) if present.
+    driving_index (N,); clip, identity (list[str] of length N); source_identity (N, D) if present;
+    source_line (N, 3, H, W) and driving_line / eye_mask / mouth_mask / gaze_points when the batch
+    carries the source line and that split's ``{split}_driving_line`` etc. (a stage's sample transform).
     """
     if split not in ("support", "query"):
         raise ValueError(f"split must be 'support' or 'query', got {split!r}")
@@ -332,6 +355,14 @@ def task_pairs(batch: dict, task_index: int, split: str) -> dict:
         out["driving_landmarks"] = batch[f"{split}_driving_landmarks"][task_index]
     if "source_identity" in batch:
         out["source_identity"] = batch["source_identity"][task_index].unsqueeze(0).repeat(n, 1)
+    if "source_identity_kind" in batch:
+        out["source_identity_kind"] = [batch["source_identity_kind"][task_index]] * n
+    # inputs a stage's sample transform derived in the workers (e.g. MetaPortrait's landmark drawings)
+    if "source_line" in batch:
+        out["source_line"] = batch["source_line"][task_index].unsqueeze(0).repeat(n, 1, 1, 1)
+    for key in ("driving_line", "eye_mask", "mouth_mask", "gaze_points"):
+        if f"{split}_{key}" in batch:
+            out[key] = batch[f"{split}_{key}"][task_index]
     return out
 
 
@@ -380,9 +411,11 @@ class VoxCelebDataModule(L.LightningDataModule):
         self._full_spec = load_landmark_spec(cfg.root) if Path(cfg.root).is_dir() else None
         self._subset: list[int] | None = None  # point ids kept by data.landmark_subset
         self._spec = self._full_spec
+        self._identity_description = load_identity_description(cfg.root) if Path(cfg.root).is_dir() else None
         if cfg.landmark_subset:
             self._subset, self._spec = subset_landmark_spec(self._full_spec, cfg.landmark_subset, cfg.root)
         self.scans: dict[str, SplitScan] = {}
+        self.sample_transform = None  # see `set_sample_transform`
         self.train_dataset: ClipSampleDataset | None = None
         self.val_dataset: ClipSampleDataset | None = None
         self.test_dataset: ClipSampleDataset | None = None
@@ -406,6 +439,18 @@ class VoxCelebDataModule(L.LightningDataModule):
     @property
     def report_path(self) -> Path | None:
         return None if self.report_dir is None else Path(self.report_dir) / "data_report.json"
+
+    def set_sample_transform(self, transform) -> None:
+        """Run ``transform(item) -> item`` on every sample of every split, in the DataLoader workers.
+
+        The model's per-sample inputs (a stage's ``sample_transform()``, e.g. MetaPortrait's landmark
+        lines and masks) are made there, as the official loaders do, instead of on the main process
+        in the training step. ``transform`` must be picklable; None switches it off.
+        """
+        self.sample_transform = transform
+        for dataset in (self.train_dataset, self.val_dataset, self.test_dataset):
+            if dataset is not None:
+                dataset.sample_transform = transform
 
     # ------------------------------------------------------------------ setup
     def _scan(self, split: str) -> SplitScan:
@@ -457,6 +502,8 @@ class VoxCelebDataModule(L.LightningDataModule):
         log = None if self.report_dir is None else str(Path(self.report_dir) / "data_sample_failures.jsonl")
         dataset = ClipSampleDataset(clips, self.config, train, perm, log, split)
         dataset.landmark_subset = None if self._subset is None else np.asarray(self._subset)
+        dataset.sample_transform = self.sample_transform
+        dataset.identity_description = self._identity_description
         return dataset
 
     def setup(self, stage: str | None = None) -> None:

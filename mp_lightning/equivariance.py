@@ -78,7 +78,9 @@ class RandomTPS:
             cp = make_coordinate_grid((points_tps, points_tps), dtype=dtype).view(-1, 2)
             params = torch.randn(batch, points_tps ** 2, generator=generator, dtype=dtype) * sigma_tps
         tps = cls(theta, cp, params)
-        return tps.to(device) if device is not None else tps
+        # drawn on the CPU (the official random stream); the copy to a GPU must not block the host, as a
+        # plain `.to("cuda")` of pageable memory does (it synchronises the stream every training step)
+        return tps.to(device, non_blocking=True) if device is not None else tps
 
     @classmethod
     def from_params(cls, batch: int, params: TransformParams, **kwargs) -> "RandomTPS":
@@ -89,9 +91,16 @@ class RandomTPS:
         theta = torch.eye(2, 3, dtype=dtype, device=device).unsqueeze(0).repeat(batch, 1, 1)
         return cls(theta)
 
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "RandomTPS":
+    def to(self, device=None, dtype: Optional[torch.dtype] = None, non_blocking: bool = False) -> "RandomTPS":
+        """`non_blocking` copies CPU tensors to a CUDA device through pinned memory, without a host sync."""
+        pin = non_blocking and device is not None and torch.device(device).type == "cuda"
+
         def mv(t):
-            return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
+            if t is None:
+                return None
+            if pin and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(device=device, dtype=dtype or t.dtype, non_blocking=non_blocking)
 
         return RandomTPS(mv(self.theta), mv(self.control_points), mv(self.control_params))
 
@@ -158,7 +167,9 @@ def equivariance_jacobian_loss(kp_driving: KPDict, kp_transformed: KPDict, trans
     """mean |I - J_drv^-1 (dT(p') J')| (scalar, unweighted); the official form, which avoids matching
     jacobians of very different magnitudes directly."""
     jt = torch.matmul(transform.jacobian(kp_transformed["value"]), kp_transformed["jacobian"])
-    value = torch.matmul(torch.inverse(kp_driving["jacobian"]), jt)
+    # linalg.inv_ex: the same kernel as torch.inverse without its singularity check, which reads the
+    # status back to the host (a device sync every training step); a singular jacobian now gives inf/nan
+    value = torch.matmul(torch.linalg.inv_ex(kp_driving["jacobian"]).inverse, jt)
     eye = torch.eye(2, dtype=value.dtype, device=value.device)
     return (eye - value).abs().mean()
 

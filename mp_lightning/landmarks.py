@@ -216,7 +216,9 @@ def draw_landmark_lines(landmarks, spec: LandmarkSpec, size: int = 256) -> torch
         pairs = ipts[b][edges]
         for (p0, p1), color in zip(pairs.tolist(), spec.colors):
             cv2.line(canvas, tuple(p0), tuple(p1), color, 1, cv2.LINE_AA)
-    tensor = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+    # contiguous (B, 3, H, W), as the official ToTensor + collate give: a channels-last view here would make
+    # the refinement network's label maps channels-last, whose convolutions round differently (~1e-7)
+    tensor = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2))).float() / 255
     return tensor[0] if single else tensor
 
 
@@ -335,3 +337,81 @@ def metaportrait_inputs(batch: Dict, spec: LandmarkSpec, size: Optional[int] = N
     if "gaze_points" not in out:
         out["gaze_points"] = gaze_points(torch.as_tensor(drv), spec).to(device)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# per sample, in DataLoader workers
+# ----------------------------------------------------------------------------------------------------
+#: what `metaportrait_inputs` adds to a pairs batch (and `MetaPortraitSampleInputs` to a sample)
+DERIVED_KEYS = ("source_line", "driving_line", "eye_mask", "mouth_mask", "gaze_points")
+
+
+def _check_points(landmarks: torch.Tensor, key: str, spec: LandmarkSpec) -> None:
+    if landmarks.shape[-2] != spec.num_points:
+        raise DataError(
+            f"'{key}' has {landmarks.shape[-2]} points per frame but this model was trained on the "
+            f"landmark set '{spec.name}' with {spec.num_points}: use landmarks from the same detector"
+        )
+
+
+class MetaPortraitSampleInputs:
+    """The landmark drawings of `metaportrait_inputs`, made per sample (in DataLoader workers).
+
+    A picklable callable `item -> item` for a DataModule sample dict (no batch axis). It adds exactly
+    the values that `metaportrait_inputs` would add to the collated batch (each sample is drawn on its
+    own there too, so stacking the per-sample results gives the same tensors bit for bit):
+
+    * a sample with `source_landmarks` / `driving_landmarks` (K, 2) (modes pairs, cross_identity,
+      windows): source_line, driving_line (3, H, W) in [0, 1]; eye_mask, mouth_mask (1, H, W) 0/1;
+      gaze_points (G, 2) in [-1, 1];
+    * an identity task (`source_landmarks` and `{support,query}_driving_landmarks` (N, K, 2)):
+      source_line (3, H, W) and, per split, `{split}_driving_line` (N, 3, H, W), `{split}_eye_mask`,
+      `{split}_mouth_mask` (N, 1, H, W) and `{split}_gaze_points` (N, G, 2), which
+      `datamodules.task_pairs` turns into a pairs batch's keys.
+
+    Keys already present are kept; a sample without landmarks is returned unchanged.
+    """
+
+    def __init__(self, spec: LandmarkSpec, size: int):
+        self.spec = spec
+        self.size = int(size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec.name!r}, size={self.size})"
+
+    def _driving(self, lms: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Driving-side inputs of (N, K, 2) landmarks: lines, masks and gaze points with a leading N."""
+        spec, size = self.spec, self.size
+        return {
+            "driving_line": draw_landmark_lines(lms, spec, size),
+            "eye_mask": eye_mask(lms, spec, size),
+            "mouth_mask": mouth_mask(lms, spec, size),
+            "gaze_points": gaze_points(lms, spec),
+        }
+
+    def __call__(self, item: Dict) -> Dict:
+        spec, size = self.spec, self.size
+        src = item.get("source_landmarks")
+        if src is None:
+            return item
+        tasks = [s for s in ("support", "query") if f"{s}_driving_landmarks" in item]
+        if not tasks and "driving_landmarks" not in item:
+            return item
+        _check_points(src, "source_landmarks", spec)
+        out = dict(item)
+        if "source_line" not in out:
+            out["source_line"] = draw_landmark_lines(src, spec, size)
+        if not tasks:
+            drv = item["driving_landmarks"]
+            _check_points(drv, "driving_landmarks", spec)
+            for key, value in self._driving(drv.unsqueeze(0)).items():
+                out.setdefault(key, value[0])
+            return out
+        for split in tasks:
+            drv = item[f"{split}_driving_landmarks"]
+            _check_points(drv, f"{split}_driving_landmarks", spec)
+            derived = self._driving(drv)
+            out.setdefault(f"{split}_driving_line", derived.pop("driving_line"))
+            for key, value in derived.items():
+                out.setdefault(f"{split}_{key}", value)
+        return out

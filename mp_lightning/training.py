@@ -68,6 +68,16 @@ def build_stage(cfg: DictConfig, datamodule=None):
     return stage_class(cfg.stage)(config=container, landmark_spec=spec)
 
 
+def connect_stage_and_data(stage, datamodule) -> None:
+    """Hand the stage's per-sample transform (if any) to the DataModule, so that what the stage derives
+    from each sample (MetaPortrait's landmark lines and masks) is made in the DataLoader workers and
+    not on the main process inside `training_step`."""
+    setter = getattr(datamodule, "set_sample_transform", None)
+    transform = stage.sample_transform() if hasattr(stage, "sample_transform") else None
+    if setter is not None:
+        setter(transform)
+
+
 def wandb_run_id(run_dir: Path) -> str:
     """The W&B run id saved beside the checkpoints, so a resumed run continues the same W&B run."""
     path = run_dir / CHECKPOINT_DIR / WANDB_ID_FILE
@@ -124,6 +134,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
             every_n_epochs=ck.every_n_epochs if not ck.every_n_train_steps else None,
         )
     ]
+    if cfg.trainer.enable_progress_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.callbacks.progress_bar_refresh_rate)))
     if cfg.callbacks.lr_monitor and cfg.logger.type != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.callbacks.metrics:
@@ -181,6 +195,7 @@ def run_training(cfg: DictConfig) -> dict:
     run_dir = prepare_run_dir(cfg)
     datamodule = build_datamodule(cfg, run_dir)
     stage = build_stage(cfg, datamodule)
+    connect_stage_and_data(stage, datamodule)
     logger = build_logger(cfg, run_dir)
     if logger:
         _log_hyperparameters(logger, cfg, stage)
@@ -264,6 +279,8 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     eval_dir.mkdir(parents=True, exist_ok=True)
     stage = load_stage(cfg.ckpt_path)
     data = EvaluationSets(cfg, eval_dir, sets)
+    for module in data.modules.values():
+        connect_stage_and_data(stage, module)
     metrics_cb = MetricsCallback(OmegaConf.to_object(cfg.metrics))
     logger = build_logger(cfg, run_dir) if cfg.logger.type != "none" else False
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)

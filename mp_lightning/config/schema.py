@@ -72,6 +72,9 @@ class CallbacksConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: bool = True  # run the metric suite on validation and test
     lr_monitor: bool = True
+    # steps between progress-bar updates (trainer.enable_progress_bar): each update reads the logged losses
+    # back from the GPU, a host sync that keeps the CPU from queueing the next step; 1 = every step
+    progress_bar_refresh_rate: int = 10
 
 
 @dataclass

@@ -275,7 +275,8 @@ class DenseMotionNetwork(nn.Module):
         identity = make_coordinate_grid((h, w), dtype=drv.dtype, device=drv.device).view(1, 1, h, w, 2)
         coords = identity - drv.view(b, k, 1, 1, 2)
         if "jacobian" in kp_driving and kp_driving.get("jacobian") is not None:
-            jac = torch.matmul(kp_source["jacobian"], torch.inverse(kp_driving["jacobian"]))
+            # inv_ex: torch.inverse's kernel without its singularity check (a host sync on every forward)
+            jac = torch.matmul(kp_source["jacobian"], torch.linalg.inv_ex(kp_driving["jacobian"]).inverse)
             coords = torch.einsum("bkij,bkhwj->bkhwi", jac, coords)
         to_source = coords + kp_source["value"].view(b, k, 1, 1, 2)
         return torch.cat([identity.expand(b, 1, h, w, 2), to_source], dim=1)

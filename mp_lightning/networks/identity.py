@@ -24,6 +24,16 @@ EMBEDDING_DIM = 512
 CROP_SIZE = 160
 
 
+def embedding_kind(pretrained: bool = True, seed: int = 0) -> str:
+    """The name of the embedding space a `FaceEmbedder` maps into: backbone and weights.
+
+    "facenet-vggface2" for the released weights (what `mp-lightning preprocess` writes into
+    `<clip>.identity.npy` and declares in ROOT/identity.json); a randomly initialised net (tests) is
+    a space of its own, "facenet-random-seed<seed>". Embeddings of different kinds are not comparable.
+    """
+    return "facenet-vggface2" if pretrained else f"facenet-random-seed{seed}"
+
+
 def fixed_image_standardization(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> facenet's input range, (x * 255 - 127.5) / 128 (about [-1, 1])."""
     return (x * 255.0 - 127.5) / 128.0
@@ -81,6 +91,8 @@ class FaceEmbedder(nn.Module):
         from facenet_pytorch import InceptionResnetV1
 
         self.backbone = backbone
+        self.kind = embedding_kind(pretrained, seed)  # the embedding space (see `embedding_kind`)
+        self.dim = EMBEDDING_DIM
         self.align = align
         self.center_fraction = float(center_fraction)
         self.mtcnn_margin = int(mtcnn_margin)

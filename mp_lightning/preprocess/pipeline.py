@@ -14,6 +14,7 @@ Per video (:func:`process_video`):
 Output (:func:`preprocess_dataset`)::
 
     OUT/landmarks.json
+    OUT/identity.json                 what the .identity.npy files hold (kind, dim), when any was written
     OUT/{train,test}/<identity>/<video>/<clip>.mp4 (+ .landmarks.npy, + .identity.npy)
     OUT/preprocess_report.json        every video: kept clips, and why anything was dropped
     OUT/.preprocess/<id>.json         per-video done markers: a restart skips finished videos
@@ -210,6 +211,20 @@ def _embedder():
         except MissingWeightsError as err:
             _CACHE["emb"] = str(err)
     return _CACHE["emb"]
+
+
+def write_identity_description(out: Path) -> None:
+    """OUT/identity.json: which embedding the <clip>.identity.npy files hold, so that a model uses them only
+    in place of its own embedder of the same kind (see `datamodules.clips.load_identity_description`)."""
+    from datamodules.clips import IDENTITY_JSON
+    from mp_lightning.networks.identity import EMBEDDING_DIM, embedding_kind
+
+    desc = {"kind": embedding_kind(pretrained=True), "dim": EMBEDDING_DIM, "unit_norm": True,
+            "made_by": f"mp-lightning preprocess: mean of the embeddings of {EMBED_FRAMES} evenly spaced frames, "
+                       f"MTCNN box with facenet's margin, then L2-normalised"}
+    tmp = out / (IDENTITY_JSON + ".partial")
+    tmp.write_text(json.dumps(desc, indent=1) + "\n")
+    os.replace(tmp, out / IDENTITY_JSON)
 
 
 def identity_embedding(embedder, crops: np.ndarray, boxes_crop: np.ndarray) -> np.ndarray:
@@ -523,6 +538,8 @@ def preprocess_dataset(
     finally:
         bar.close()
     report = _report(raw, out, settings, spec, entries, time.perf_counter() - t0)
+    if any(c.get("identity_embedding") == "written" for v in entries.values() for c in v.get("clips", [])):
+        write_identity_description(out)
     tmp = out / (REPORT_NAME + ".partial")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, out / REPORT_NAME)

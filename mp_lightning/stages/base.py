@@ -71,6 +71,16 @@ class Stage(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return detached(self(batch))
 
+    def sample_transform(self):
+        """What this stage derives from each data sample, to run in the DataLoader workers, or None.
+
+        A picklable callable `item -> item` over one sample dict of the DataModule (no batch axis);
+        `mp_lightning.training.connect_stage_and_data` hands it to the DataModule, so work such as
+        landmark drawing happens in the workers instead of on the main process inside `training_step`.
+        The stage must still accept batches without those keys (it derives them itself then).
+        """
+        return None
+
     def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
         """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
         return animate_with_pairs(self, source, driving, driving_landmarks, source_landmarks, **kwargs)

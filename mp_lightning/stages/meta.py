@@ -265,6 +265,10 @@ class MetaLearningModule(Stage):
             batch = tasks_as_pairs(batch, "query")
         return self.inner(batch)
 
+    def sample_transform(self):
+        # the inner stage's per-sample inputs; `task_pairs` carries them into each task's pairs batch
+        return self.inner.sample_transform()
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if "query_driving" in batch and "driving" not in batch:
             # in place, so the metric and media callbacks see the pairs the outputs belong to

@@ -18,7 +18,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from mp_lightning.errors import ConfigError
+from mp_lightning.errors import ConfigError, DataError
 from mp_lightning.stages.base import call_frozen, detached
 from mp_lightning.stages.warp import MetaPortraitStage, OptimConfig, PerceptualConfig, WarpStageConfig
 
@@ -40,6 +40,11 @@ class IdentityConfig:
     source: str = "facenet"  # facenet: embed the source frame | precomputed: batch source_identity (.identity.npy)
     pretrained: bool = True  # VGGFace2 weights (`mp-lightning weights`); false = random init, tests only
     align: str = "center"  # face crop before the embedding: center (differentiable) | mtcnn
+    # facenet: when the data declares its .identity.npy files as this embedder's kind (ROOT/identity.json,
+    # e.g. facenet-vggface2 512-d), condition on them (and use them as the identity loss's reference) instead
+    # of embedding the source frame every step, as the official loader reads its precomputed ids. The files
+    # hold a clip-level embedding (mean of 8 MTCNN-cropped frames), not the source frame's centre crop.
+    reuse_precomputed: bool = True
 
 
 @dataclass
@@ -83,6 +88,7 @@ class RefineStage(MetaPortraitStage):
                 f"(set model.net.identity_dim=512, or model.identity.source=precomputed for 256-d .identity.npy files)"
             )
         self.face_embedder = None
+        self._identity_fallback_noted = False
         if hp.identity.source == "facenet" or hp.losses.identity > 0:
             from mp_lightning.networks.identity import FaceEmbedder
 
@@ -97,23 +103,70 @@ class RefineStage(MetaPortraitStage):
 
     # --- forward ------------------------------------------------------------------------------------
     def source_identity(self, batch: dict) -> torch.Tensor:
-        if self.hp.identity.source == "precomputed":
+        """(B, identity_dim) vector that conditions the refinement network's identity branch.
+
+        precomputed: the batch's `source_identity` (<clip>.identity.npy), which must be identity_dim long.
+        facenet: the batch's `source_identity` when the data declares it of this embedder's kind
+        (`source_identity_kind`, from ROOT/identity.json) and `model.identity.reuse_precomputed` is on;
+        otherwise facenet on the source frame. An embedding of another kind or size is never used.
+        """
+        return self._source_identity(batch)[0]
+
+    def _source_identity(self, batch: dict) -> tuple[torch.Tensor, bool]:
+        """(vector, whether it lives in the face embedder's space, so it can be the identity-loss reference)."""
+        hp = self.hp
+        embedder_kind = None if self.face_embedder is None else self.face_embedder.kind
+        if hp.identity.source == "precomputed":
             if "source_identity" not in batch:
                 raise ConfigError(
                     "model.identity.source=precomputed but the batch has no 'source_identity' "
                     "(the data needs <clip>.identity.npy files beside the clips)"
                 )
-            return batch["source_identity"]
+            ident = batch["source_identity"]
+            if ident.shape[-1] != hp.net.identity_dim:
+                raise DataError(
+                    f"the batch's 'source_identity' ({_identity_files(batch)}) is {ident.shape[-1]}-d but "
+                    f"model.net.identity_dim is {hp.net.identity_dim}: these files are another embedding"
+                )
+            return ident, embedder_kind is not None and _declared_kinds(batch) == {embedder_kind}
+        if hp.identity.reuse_precomputed and "source_identity" in batch:
+            ident = batch["source_identity"]
+            kinds = _declared_kinds(batch)
+            if kinds == {embedder_kind}:
+                if ident.shape[-1] != self.face_embedder.dim:
+                    raise DataError(
+                        f"the batch's 'source_identity' ({_identity_files(batch)}) is declared '{embedder_kind}' "
+                        f"but is {ident.shape[-1]}-d, not {self.face_embedder.dim}: the files or the data root's "
+                        f"identity.json are wrong"
+                    )
+                return ident, True
+            self._note_identity_fallback(batch, kinds, embedder_kind)
         with torch.no_grad():
-            return self.face_embedder(batch["source"])
+            return self.face_embedder(batch["source"]), True
+
+    def _note_identity_fallback(self, batch: dict, kinds: set, embedder_kind: str) -> None:
+        if self._identity_fallback_noted:
+            return
+        self._identity_fallback_noted = True
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        what = f"declared {sorted(kinds)}" if kinds else "of undeclared kind (no identity.json in the data root)"
+        rank_zero_warn(
+            f"the batch's 'source_identity' ({_identity_files(batch)}) is {what}, not this embedder's "
+            f"'{embedder_kind}' ({self.face_embedder.dim}-d): it is not used, facenet embeds the source frame "
+            f"every step instead"
+        )
 
     def forward(self, batch: dict) -> dict:
         batch = self.prepare(batch)
         out = self.warp(batch)
+        identity, in_embedder_space = self._source_identity(batch)
         raw = self.generator.refine(
-            batch["source"], out, self.source_identity(batch), batch["source_line"], batch["driving_line"],
+            batch["source"], out, identity, batch["source_line"], batch["driving_line"],
             batch["gaze_points"], batch["mouth_mask"],
         )
+        if in_embedder_space:
+            out["source_embedding"] = identity  # the identity loss's reference: no second facenet pass
         # the official generator's tanh output is compared directly with [0, 1] targets
         out["prediction_raw"] = raw
         out["prediction"] = raw.clamp(0, 1)
@@ -140,8 +193,10 @@ class RefineStage(MetaPortraitStage):
         if w.mouth > 0:
             terms["mouth"] = w.mouth * L.mouth_loss(pred_pyr, target_pyr, batch["mouth_mask"])
         if w.identity > 0:
-            with torch.no_grad():
-                reference = self.face_embedder(batch["source"])
+            reference = out.get("source_embedding")
+            if reference is None:
+                with torch.no_grad():
+                    reference = self.face_embedder(batch["source"])
             terms["identity"] = w.identity * L.identity_loss(self.face_embedder(pred), reference)
         if adversarial and (w.generator_gan > 0 or w.feature_matching > 0):
             fake = call_frozen(self.discriminator, pred)
@@ -202,3 +257,19 @@ class RefineStage(MetaPortraitStage):
         opt = self._adam(groups)
         return {"optimizer": opt, "lr_scheduler": self._scheduler(opt)}
 
+
+def _declared_kinds(batch: dict) -> set:
+    """The embedding kinds the data declares for the batch's `source_identity` (empty: undeclared)."""
+    kinds = batch.get("source_identity_kind")
+    if kinds is None:
+        return set()
+    return {kinds} if isinstance(kinds, str) else set(kinds)
+
+
+def _identity_files(batch: dict) -> str:
+    clips = batch.get("clip")
+    if isinstance(clips, (list, tuple)) and clips:
+        names = sorted(set(clips))
+        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+        return "from " + ", ".join(f"{c}.identity.npy" for c in names[:2]) + more
+    return "key 'source_identity'"

@@ -84,7 +84,12 @@ class MetaPortraitStage(Stage):
 
     # --- inputs -------------------------------------------------------------------------------------
     def prepare(self, batch: dict) -> dict:
-        """Add what the official loader derives from landmarks (line images, eye/mouth masks, gaze points)."""
+        """Add what the official loader derives from landmarks (line images, eye/mouth masks, gaze points).
+
+        Training batches already carry them (drawn per sample in the DataLoader workers, see
+        `sample_transform`); this fallback draws them here for batches that do not (animation, tests,
+        data built outside `connect_stage_and_data`), at the cost of a host round trip.
+        """
         from mp_lightning.landmarks import metaportrait_inputs
 
         if "source_line" in batch and "driving_line" in batch:
@@ -103,6 +108,13 @@ class MetaPortraitStage(Stage):
                     f"landmark set '{spec.name}' with {spec.num_points}: use landmarks from the same detector"
                 )
         return metaportrait_inputs(batch, self.landmark_spec, size=self.hp.net.image_size)
+
+    def sample_transform(self):
+        """Line images, eye/mouth masks and gaze points drawn per sample in the DataLoader workers (the
+        official loader's place for them); `prepare` then finds them in the batch and does nothing."""
+        from mp_lightning.landmarks import MetaPortraitSampleInputs
+
+        return MetaPortraitSampleInputs(self.landmark_spec, self.hp.net.image_size)
 
     # --- warping ------------------------------------------------------------------------------------
     def warp(self, batch: dict) -> dict:
