@@ -64,7 +64,7 @@ def build_stage(cfg: DictConfig, datamodule=None):
     from mp_lightning.stages import stage_class
 
     spec = getattr(datamodule, "landmark_spec_dict", None) if datamodule is not None else None
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     return stage_class(cfg.stage)(config=container, landmark_spec=spec)
 
 
@@ -222,7 +222,7 @@ def _log_hyperparameters(logger, cfg: DictConfig, stage) -> None:
         for name, module in stage.named_children()
         if any(True for _ in module.parameters())
     }
-    hp = OmegaConf.to_container(cfg, resolve=True)
+    hp = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     hp["parameter_counts"] = params
     logger.log_hyperparams(hp)
 

@@ -90,3 +90,14 @@ def test_nonfinite_gradients_without_scaler(warp_setup, mode):
     else:  # the released code's fp32 behaviour: NaN -> 0, the step goes on
         assert run.skipped_steps == 0 and _max_change(before, run) > 0
         assert all(torch.isfinite(p).all() for p in run.parameters())
+
+
+def test_meta_stage_refuses_fp16_mixed(tiny_data, tmp_path):
+    from mp_lightning.config.compose import compose
+    from mp_lightning.errors import ConfigError
+    from mp_lightning.training import run_training
+
+    cfg = compose(EXPERIMENTS / "metaportrait" / "meta_tiny.yaml",
+                  tiny_overrides(tiny_data, tmp_path, "trainer.precision=16-mixed", "trainer.max_steps=1"))
+    with pytest.raises(ConfigError, match="bf16-mixed"):
+        run_training(cfg)

@@ -163,7 +163,7 @@ def official_stage_config(spectral_norm: bool = True, identity_dim: int = 256, p
         f"model.net.identity_dim={identity_dim}",
         f"model.perceptual.pretrained={str(bool(perceptual_pretrained)).lower()}",
     ])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 @register_converter("metaportrait")

@@ -46,6 +46,7 @@ class Stage(L.LightningModule):
     def __init__(self, config: dict, landmark_spec: dict | None = None):
         super().__init__()
         # the whole experiment goes into the checkpoint, so `load_stage` can rebuild any stage
+        config = _plain(config)  # weights-only checkpoint loading accepts plain values only (no Enum members)
         self.save_hyperparameters({"config": config, "landmark_spec": landmark_spec})
         self.experiment_config = config
         self.hp = self.typed_model_config(config.get("model") or {})
@@ -136,6 +137,16 @@ class Stage(L.LightningModule):
     def log_losses(self, losses: dict[str, torch.Tensor], prefix: str = "train", batch_size: int | None = None):
         for name, value in losses.items():
             self.log(f"{prefix}/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size)
+
+
+def _plain(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def clip_grad_norm(grads_of: list[torch.Tensor], max_norm: float) -> torch.Tensor:

@@ -217,7 +217,7 @@ class MetaLearningModule(Stage):
     def typed_model_config(cls, model: dict) -> Any:
         # keep `inner` as a plain dict: the inner stage types it itself
         merged = OmegaConf.merge(cls.model_schema(OmegaConf.create(model)), model)
-        inner = OmegaConf.to_container(merged.inner, resolve=True)
+        inner = OmegaConf.to_container(merged.inner, resolve=True, enum_to_str=True)
         merged.inner = {}
         hp = OmegaConf.to_object(merged)
         hp.inner = inner
