@@ -69,7 +69,13 @@ def main() -> None:
         results["stages"][name] = {}
         for precision in args.precisions:
             stage, curve = copy.deepcopy(start), LossCurve()
-            trainer = L.Trainer(accelerator=args.device, devices=1, precision=precision, max_steps=args.steps,
+            kwargs = {"precision": precision}
+            if args.device == "cpu" and precision == "16-mixed":
+                # Lightning turns the 16-mixed flag into bf16 on CPU; the plugin keeps fp16 + GradScaler
+                from lightning.pytorch.plugins.precision import MixedPrecision
+
+                kwargs = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+            trainer = L.Trainer(accelerator=args.device, devices=1, max_steps=args.steps, **kwargs,
                                 logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 limit_val_batches=0, num_sanity_val_steps=0, callbacks=[curve],
                                 default_root_dir=str(tmp / "runs"))

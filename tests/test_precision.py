@@ -93,11 +93,17 @@ def test_nonfinite_gradients_without_scaler(warp_setup, mode):
 
 
 def test_meta_stage_refuses_fp16_mixed(tiny_data, tmp_path):
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     from mp_lightning.config.compose import compose
     from mp_lightning.errors import ConfigError
-    from mp_lightning.training import run_training
+    from mp_lightning.training import build_datamodule, build_stage
 
-    cfg = compose(EXPERIMENTS / "metaportrait" / "meta_tiny.yaml",
-                  tiny_overrides(tiny_data, tmp_path, "trainer.precision=16-mixed", "trainer.max_steps=1"))
+    cfg = compose(EXPERIMENTS / "metaportrait" / "meta_tiny.yaml", tiny_overrides(tiny_data, tmp_path))
+    stage = build_stage(cfg, build_datamodule(cfg))
+    # on CPU Lightning turns the `16-mixed` flag into bf16; the plugin is what a GPU run gets
+    stage.trainer = L.Trainer(accelerator="cpu", logger=False, plugins=[
+        MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))])
     with pytest.raises(ConfigError, match="bf16-mixed"):
-        run_training(cfg)
+        stage.setup("fit")
