@@ -7,6 +7,7 @@ import torch
 
 from mp_lightning import load_stage
 from mp_lightning.cli import main
+from tests.conftest import METAPORTRAIT_GOLDEN_ATOL as ATOL
 from tests.conftest import REFERENCE
 
 GOLDEN = REFERENCE / "golden" / "metaportrait"
@@ -29,7 +30,7 @@ def test_imported_official_checkpoint_reproduces_the_golden_outputs(tmp_path):
     }
     with torch.no_grad():
         got = stage(batch)
-    torch.testing.assert_close(got["prediction_raw"], expected["prediction"], atol=1e-4, rtol=0)
-    torch.testing.assert_close(got["prediction"], expected["prediction"].clamp(0, 1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got["prediction_raw"], expected["prediction"], atol=ATOL["prediction"], rtol=0)
+    torch.testing.assert_close(got["prediction"], expected["prediction"].clamp(0, 1), atol=ATOL["prediction"], rtol=0)
     for key in ("deformed", "occlusion_map", "deformation"):
-        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[key], expected[key], atol=ATOL[key], rtol=0)
