@@ -31,8 +31,10 @@ def test_personalize_cli_writes_outputs_and_improves(tiny_data, tmp_path):
     ckpt = save_stage_checkpoint(stage, tmp_path / "init.ckpt")
     video = sorted((tiny_data / "test").rglob("*.mp4"))[0]
     out = tmp_path / "pers"
+    # the default lr (2e-4): over seeds 0-2 on AVX-512 the step-12 held-out L1 is <= 0.77x step 0's; the
+    # 3e-3 used before is 1.26x (measured over an lr x seed grid of this setup; recipe choice: issue 14)
     code = main(["personalize", "--checkpoint", str(ckpt), "--video", str(video), "--seconds", "0.4",
-                 "--steps", "12", "--lr", "3e-3", "--batch-size", "2", "--max-eval-frames", "4",
+                 "--steps", "12", "--batch-size", "2", "--max-eval-frames", "4",
                  "--lpips-pretrained", "false", "--identity-pretrained", "false", "--out", str(out), "--device", "cpu"])
     assert code == 0
     curve = json.loads((out / "curve.json").read_text())
