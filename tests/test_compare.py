@@ -34,3 +34,6 @@ def test_compare_writes_one_row_per_method_with_every_metric(tiny_data, tmp_path
         assert all(r[metric] != "" for r in rows), metric
     frames = read_video(out / "compare.mp4")
     assert frames.shape[0] == 4 and frames.shape[2] == 4 * 64  # source | driving | 2 methods
+    assert main(["report", str(out)]) == 0  # the table and the side-by-side video on one page
+    page = (out / "report.html").read_text()
+    assert "<td>warp_tiny</td>" in page and "<td>fomm_tiny</td>" in page and "data:video/mp4;base64," in page
