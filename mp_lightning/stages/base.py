@@ -206,10 +206,29 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
             f"official checkpoints are converted with `mp-lightning import-checkpoint`"
         )
     cls = stage_class(hp["config"]["stage"])
-    module = cls(config=hp["config"], landmark_spec=hp.get("landmark_spec"))
+    # the checkpoint already holds what the init files gave at the start of training: building with them
+    # would re-read files that may since have moved (and be overwritten by the state dict anyway)
+    module = cls(config=without_init_files(hp["config"]), landmark_spec=hp.get("landmark_spec"))
+    module.hparams["config"] = module.experiment_config = hp["config"]  # provenance kept for the next save
     load_state_dict_checked(module, ckpt["state_dict"], source=str(path))
     module.to(map_location)
     return module.eval() if eval_mode else module
+
+
+#: model config keys that only say where training started (read once, in `__init__`)
+INIT_ONLY_KEYS = frozenset({"init_from", "init_gfpgan"})
+
+
+def without_init_files(config: dict) -> dict:
+    """A copy of an experiment config with every init-only key (at any depth of `model`) set to None."""
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: None if k in INIT_ONLY_KEYS else strip(v) for k, v in node.items()}
+        return node
+
+    config = dict(config)
+    config["model"] = strip(config.get("model") or {})
+    return config
 
 
 def load_state_dict_checked(module: torch.nn.Module, state: dict, source: str, strict: bool = True) -> None:
