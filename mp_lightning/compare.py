@@ -47,7 +47,7 @@ def methods_from_args(items: Sequence[str]) -> list[Method]:
 
 
 def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[str] = (),
-                video_frames: int = 32, wandb_mode: str = "offline") -> dict:
+                video_frames: int = 32, wandb_mode: str = "offline", source_identity: str | Path | None = None) -> dict:
     from mp_lightning.config.compose import compose
     from mp_lightning.training import run_evaluation
 
@@ -65,7 +65,8 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     (out_dir / "compare.csv").write_text(_csv(rows, metrics))
     (out_dir / "compare.md").write_text(_markdown(rows, metrics))
     (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows}, indent=2))
-    video = compare_video(methods, configs, out_dir / "compare.mp4", video_frames) if video_frames > 0 else None
+    video = (compare_video(methods, configs, out_dir / "compare.mp4", video_frames, source_identity)
+             if video_frames > 0 else None)
     _log_wandb(rows, metrics, out_dir, video, wandb_mode)
     return {"rows": rows, "metrics": metrics, "dir": str(out_dir), "video": str(video) if video else None}
 
@@ -88,10 +89,11 @@ def _markdown(rows, metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: int) -> Path | None:
+def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: int,
+                  source_identity: str | Path | None = None) -> Path | None:
     """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving)."""
     from mp_lightning import load_stage
-    from mp_lightning.inputs import load_driving, load_source
+    from mp_lightning.inputs import load_driving, load_source, load_source_inputs
     from mp_lightning.video import write_video
 
     first = configs[methods[0].name]
@@ -105,6 +107,9 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         source, source_lm = load_source(clips[0], size=size)
         driving, driving_lm = load_driving(clips[-1], size=size, max_frames=num_frames)
         kwargs = {"relative": True} if stage.hparams["config"]["stage"] == "fomm" else {}
+        extra = load_source_inputs(stage, clips[0], source_identity)
+        if extra:
+            kwargs["extra"] = extra
         frames = stage.animate(source, driving, driving_lm, source_lm, **kwargs)
         if not columns:
             columns = [source[None].expand_as(frames), driving]

@@ -72,10 +72,10 @@ class Evaluator:
         if identity:
             self.metrics["identity"] = IdentitySimilarity(pretrained=identity_pretrained)
 
-    def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8) -> dict:
+    def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8, extra: dict | None = None) -> dict:
         was_training = stage.training
         stage.eval()
-        preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size)
+        preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size, **({"extra": extra} if extra else {}))
         stage.train(was_training)
         values = {}
         for name, metric in self.metrics.items():
@@ -92,7 +92,8 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
                 eval_every: Optional[int] = None, lr: float = 2e-4, warp_lr_multiplier: float = 0.1,
                 betas: Iterable[float] = (0.5, 0.999), grad_clip: float = 0.3, batch_size: int = 4,
                 max_eval_frames: int = 32, lpips_pretrained: bool = True, identity_pretrained: bool = True,
-                identity: bool = True, progress: bool = True, seed: int = 0, write_checkpoint: bool = True) -> dict:
+                identity: bool = True, progress: bool = True, seed: int = 0, write_checkpoint: bool = True,
+                source_identity: str | Path | None = None) -> dict:
     """Fine-tune `stage` (in place) on the first `seconds` of `video`; returns the curve dict.
 
     The schedule is `step_schedule(steps, eval_every)`; evaluation time is not counted in `seconds`.
@@ -111,6 +112,9 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     held = torch.linspace(n_train, len(frames) - 1, min(max_eval_frames, len(frames) - n_train)).round().long().unique()
     device = stage.device
     source, source_lm = frames[0], landmarks[0]
+    from mp_lightning.inputs import load_source_inputs
+
+    extra = load_source_inputs(stage, video, source_identity)  # e.g. the official weights' precomputed identity
     evaluator = Evaluator(lpips_pretrained, identity_pretrained, identity)
     groups = inner_param_groups(stage, warp_lr_multiplier)
     params = [p for g in groups for p in g["params"]]
@@ -121,7 +125,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
              "eval_frames": int(len(held)), "steps": [], "train_seconds": [], "metrics": {}, "loss": []}
 
     def evaluate(step: int, elapsed: float) -> None:
-        values = evaluator(stage, source, source_lm, frames[held], landmarks[held])
+        values = evaluator(stage, source, source_lm, frames[held], landmarks[held], extra=extra)
         curve["steps"].append(step)
         curve["train_seconds"].append(elapsed)
         for k, v in values.items():
@@ -141,6 +145,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
             "source": source.unsqueeze(0).expand(batch_size, -1, -1, -1).to(device),
             "source_landmarks": source_lm.unsqueeze(0).expand(batch_size, -1, -1).to(device),
             "driving": frames[idx].to(device), "driving_landmarks": landmarks[idx].to(device),
+            **{k: v.expand(batch_size, *v.shape[1:]).to(device) for k, v in extra.items()},
         }
         start = time.perf_counter()
         loss = adapt(stage, batch, 1, optimizer, params, grad_clip)[0]

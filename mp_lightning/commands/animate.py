@@ -16,6 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--sr-checkpoint", default=None, help="temporal super-resolution checkpoint: write 2x video")
+    parser.add_argument("--source-identity", default=None,
+                        help="precomputed identity embedding (.npy) for checkpoints that condition on one, e.g. the "
+                             "official MetaPortrait weights; default: SOURCE.identity.npy beside the source when present")
     parser.add_argument("--relative", action=__import__("argparse").BooleanOptionalAction, default=True,
                         help="FOMM: relative motion with adapt_movement_scale (default) or absolute motion")
 
@@ -26,7 +29,7 @@ def run(args) -> int:
     import torch
 
     from mp_lightning import load_stage
-    from mp_lightning.inputs import load_driving, load_source
+    from mp_lightning.inputs import load_driving, load_source, load_source_inputs
     from mp_lightning.video import write_video
 
     stage = load_stage(args.checkpoint, map_location=resolve_device(args.device))
@@ -34,6 +37,9 @@ def run(args) -> int:
     source, source_landmarks = load_source(args.source, size=size, frame=args.source_frame)
     driving, driving_landmarks = load_driving(args.driving, size=size, max_frames=args.max_frames)
     kwargs = {"batch_size": args.batch_size, "progress": True}
+    extra = load_source_inputs(stage, args.source, args.source_identity)
+    if extra:
+        kwargs["extra"] = extra
     if stage.hparams["config"]["stage"] == "fomm":
         kwargs["relative"] = args.relative
     frames = stage.animate(source, driving, driving_landmarks, source_landmarks, **kwargs)

@@ -83,6 +83,11 @@ class Stage(L.LightningModule):
         """
         return None
 
+    def source_inputs(self) -> tuple[str, ...]:
+        """Per-source batch keys this stage needs beyond the image and its landmarks (e.g. a precomputed
+        `source_identity`): `mp_lightning.inputs.load_source_inputs` finds them for animate, personalize, compare."""
+        return ()
+
     def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
         """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
         return animate_with_pairs(self, source, driving, driving_landmarks, source_landmarks, **kwargs)
