@@ -268,9 +268,13 @@ class ClipSampleDataset(Dataset):
             dclip = self.clips[pool[int(rng.integers(len(pool)))]]
             s, t = int(rng.integers(n)), int(rng.integers(dclip.num_frames))
             simg, slm = self._read(clip, [s])
-            dimg, dlm = self._read(dclip, [t])
+            dimg, dlm = self._read(dclip, [0, t])
             self._put(item, "source", simg[0], None if slm is None else slm[0], s)
-            self._put(item, "driving", dimg[0], None if dlm is None else dlm[0], t)
+            self._put(item, "driving", dimg[1], None if dlm is None else dlm[1], t)
+            # the driving clip's first frame: the reference of relative motion (FOMM) and retargeting
+            item["driving_initial"] = dimg[0]
+            if dlm is not None:
+                item["driving_initial_landmarks"] = dlm[0]
             item["driving_clip"] = dclip.name
             item["driving_identity"] = dclip.identity
         if self.with_identity:

@@ -314,7 +314,8 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     results = dict(sorted(metrics_cb.last_results.items()))
     if trainer.is_global_zero:
         (eval_dir / "metrics.json").write_text(json.dumps(
-            {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}, indent=2))
+            {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results,
+             "cross_identity_protocol": stage.cross_identity_protocol}, indent=2))
         (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
         if wandb_logger(logger) is not None:
             import wandb
@@ -322,7 +323,7 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
             wandb_logger(logger).experiment.log({"test/metrics_table": wandb.Table(
                 columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results}
+    return {"eval_dir": str(eval_dir), "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol}
 
 
 def metrics_markdown(results: dict, title: str = "") -> str:

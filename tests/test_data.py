@@ -50,7 +50,7 @@ EXPECTED = {
                        "support_driving_index": (2, 2), "query_driving": (2, 3, 3, SIZE, SIZE),
                        "query_driving_landmarks": (2, 3, K, 2), "query_driving_index": (2, 3)},
 }
-EXPECTED["cross_identity"] = dict(EXPECTED["pairs"])
+EXPECTED["cross_identity"] = dict(EXPECTED["pairs"], driving_initial=(2, 3, SIZE, SIZE), driving_initial_landmarks=(2, K, 2))
 LISTS = {"pairs": {"clip", "identity"}, "windows": {"clip", "identity"}, "identity_tasks": {"clip", "identity"},
          "cross_identity": {"clip", "identity", "driving_clip", "driving_identity"}}
 

@@ -83,6 +83,12 @@ class Stage(L.LightningModule):
         """
         return None
 
+    @property
+    def cross_identity_protocol(self) -> str:
+        """How this stage is driven by another person's frame (recorded beside cross-identity results);
+        a cross-identity batch also carries the driving clip's first frame (`driving_initial`)."""
+        return "driving frame as given (absolute)"
+
     def source_inputs(self) -> tuple[str, ...]:
         """Per-source batch keys this stage needs beyond the image and its landmarks (e.g. a precomputed
         `source_identity`): `mp_lightning.inputs.load_source_inputs` finds them for animate, personalize, compare."""
