@@ -116,7 +116,7 @@ def _data_root(data_dir: Path, size: int, tiny: bool, precomputed_identity: bool
         return root
     from datamodules import write_synthetic_dataset
 
-    n, frames = (4, 8) if tiny else (8, 32)
+    n, frames = (6, 8) if tiny else (8, 32)  # >= 2 training identities left after the validation ones
     write_synthetic_dataset(root, identities=n, videos_per_identity=1, clips_per_video=2, frames=frames, size=size,
                             seed=0, test_fraction=0.25, workers=1)
     if precomputed_identity:
