@@ -18,7 +18,7 @@ def test_subset_batches_hold_exactly_the_declared_points(tiny_data):
     dense, sparse = _dm(tiny_data, augment_flip=False), _dm(tiny_data, augment_flip=False, landmark_subset="sparse68")
     dense.setup("fit"), sparse.setup("fit")
     ids = dense.landmark_spec_dict["subsets"]["sparse68"]["ids"]
-    b_dense, b_sparse = next(iter(dense.val_dataloader())), next(iter(sparse.val_dataloader()))
+    b_dense, b_sparse = next(iter(dense.val_dataloader()[0])), next(iter(sparse.val_dataloader()[0]))
     assert b_sparse["driving_landmarks"].shape[1] == 68
     np.testing.assert_array_equal(b_sparse["driving_landmarks"].numpy(), b_dense["driving_landmarks"][:, ids].numpy())
     spec = LandmarkSpec.from_json(sparse.landmark_spec_dict)
