@@ -105,6 +105,8 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         source, source_lm = load_source(clips[0], size=size)
         driving, driving_lm = load_driving(clips[-1], size=size, max_frames=num_frames)
         kwargs = {"relative": True} if stage.hparams["config"]["stage"] == "fomm" else {}
+        if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
+            kwargs.update(stage.animation_inputs(source=clips[0], driving=clips[-1]))
         frames = stage.animate(source, driving, driving_lm, source_lm, **kwargs)
         if not columns:
             columns = [source[None].expand_as(frames), driving]
