@@ -237,11 +237,26 @@ class PIRenderStage(Stage):
             extra["source_semantics"] = torch.from_numpy(_read_semantics(src)[source_frame])
         return extra
 
+    def clip_inputs(self, clip: dict, source_index: int, driving_indices) -> tuple[dict, dict]:
+        """For `personalize`: descriptor windows of a loaded clip (`clip["semantics"]` (F, 73)) as extra batch
+        keys for pairs (source_index -> driving_indices) and as `animate` arguments for those driving frames."""
+        from datamodules.semantics import semantic_window
+
+        if "semantics" not in clip:
+            raise DataError("PIRender personalization needs the clip's motion descriptors: <clip>.semantics.npy "
+                            "beside the video (float32 (F, 73))")
+        sem = clip["semantics"].numpy()
+        r = self.hp.net.semantic_radius
+        driving = torch.from_numpy(np.stack([semantic_window(sem, int(i), r) for i in driving_indices]))
+        source = torch.from_numpy(semantic_window(sem, int(source_index), r))
+        batch = {"source_semantics": source.unsqueeze(0).expand(len(driving), -1, -1), "driving_semantics": driving}
+        return batch, {"driving_semantics": driving}
+
     @torch.no_grad()
     def animate(self, source, driving=None, driving_landmarks=None, source_landmarks=None, driving_semantics=None,
                 source_semantics=None, batch_size: int = 8, progress: bool = False, **_ignored) -> torch.Tensor:
         """(T, 3, H, W) predictions in [0, 1] for source (3, H, W) in [0, 1] and per-frame driving descriptors
-        (T, 73) (windows are built here, indices clamped). `driving` frames only set T when given; landmarks are
+        (T, 73) (windows are built here, indices clamped) or ready windows (T, 73, 2r+1). `driving` frames only set T when given; landmarks are
         not used. With `source_semantics` (73,) the driving crop ratio is rescaled to the source's, relative to
         the driving frame closest to the source in expression and angles (official `--cross_id`)."""
         from datamodules.semantics import ANGLES, CROP, EXPRESSION, semantic_windows
@@ -249,6 +264,8 @@ class PIRenderStage(Stage):
         if driving_semantics is None:
             raise DataError("PIRender animation needs the driving motion descriptors (driving_semantics, (T, 73))")
         sem = np.asarray(torch.as_tensor(driving_semantics, dtype=torch.float32).cpu().numpy()).copy()
+        if sem.ndim == 3:  # ready windows
+            return self._render_windows(source, torch.from_numpy(sem), batch_size, progress)
         if driving is not None and len(sem) < driving.shape[0]:
             raise DataError(f"{len(sem)} descriptor rows for {driving.shape[0]} driving frames")
         if driving is not None:
@@ -259,7 +276,10 @@ class PIRenderStage(Stage):
                      + 0.7 * np.abs(sem[:, ANGLES] - src[ANGLES]).mean(1))
             closest = int(np.argmin(score))
             sem[:, CROP.start] *= src[CROP.start] / sem[closest, CROP.start]
-        windows = torch.from_numpy(semantic_windows(sem, self.hp.net.semantic_radius))
+        return self._render_windows(source, torch.from_numpy(semantic_windows(sem, self.hp.net.semantic_radius)),
+                                    batch_size, progress)
+
+    def _render_windows(self, source, windows, batch_size: int, progress: bool) -> torch.Tensor:
         device = self.device
         source = source.reshape(1, *source.shape[-3:]).to(device)
         steps = range(0, len(windows), batch_size)
