@@ -54,17 +54,23 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
+    descriptors: dict[str, str] = {}  # method -> motion-descriptor kind, for the methods driven by one
     configs = {}
     for m in methods:
         cfg = compose(m.experiment, [f"ckpt_path={m.checkpoint}", f"name={m.name}", f"output_root={out_dir}",
                                      "logger.type=none", *overrides])
         configs[m.name] = cfg
         print(f"== {m.name}: {m.experiment} @ {m.checkpoint}")
-        rows[m.name] = run_evaluation(cfg)["metrics"]
+        result = run_evaluation(cfg)
+        rows[m.name] = result["metrics"]
+        if result.get("descriptor"):
+            descriptors[m.name] = result["descriptor"]
     metrics = sorted({k for r in rows.values() for k in r})
     (out_dir / "compare.csv").write_text(_csv(rows, metrics))
-    (out_dir / "compare.md").write_text(_markdown(rows, metrics))
-    (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows}, indent=2))
+    notes = "".join(f"\n{name}: driven by {kind} motion descriptors\n" for name, kind in descriptors.items())
+    (out_dir / "compare.md").write_text(_markdown(rows, metrics) + notes)
+    (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows,
+                                                      "descriptors": descriptors}, indent=2))
     video = compare_video(methods, configs, out_dir / "compare.mp4", video_frames) if video_frames > 0 else None
     _log_wandb(rows, metrics, out_dir, video, wandb_mode)
     return {"rows": rows, "metrics": metrics, "dir": str(out_dir), "video": str(video) if video else None}

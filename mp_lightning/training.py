@@ -293,9 +293,13 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     metrics_cb.set_names = {"test": data.test_set_names}
     trainer.test(stage, dataloaders=data.dataloaders())
     results = dict(sorted(metrics_cb.last_results.items()))
+    # a model driven by motion descriptors says which extractor's (results of different kinds are not comparable)
+    descriptor = getattr(stage.hp, "descriptor", None)
     if trainer.is_global_zero:
-        (eval_dir / "metrics.json").write_text(json.dumps(
-            {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}, indent=2))
+        summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}
+        if descriptor:
+            summary["descriptor"] = descriptor
+        (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
         if logger and cfg_is_wandb(logger):
             import wandb
@@ -303,7 +307,7 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
             logger.experiment.log({"test/metrics_table": wandb.Table(
                 columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results}
+    return {"eval_dir": str(eval_dir), "metrics": results, "descriptor": descriptor}
 
 
 def metrics_markdown(results: dict, title: str = "") -> str:

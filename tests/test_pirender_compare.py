@@ -38,6 +38,9 @@ def test_three_method_compare_writes_table_and_video(tiny_data, tmp_path):
         assert all(r[metric] != "" for r in rows), metric
     # the methods differ, so their numbers do (a method silently evaluated as another would repeat a row)
     assert len({r["test/l1"] for r in rows}) == 3
-    assert json.loads((out / "compare.json").read_text())["methods"][2]["name"] == "pirender_tiny"
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["methods"][2]["name"] == "pirender_tiny"
+    assert summary["descriptors"] == {"pirender_tiny": "synthetic"}
+    assert "pirender_tiny: driven by synthetic motion descriptors" in (out / "compare.md").read_text()
     frames = read_video(out / "compare.mp4")
     assert frames.shape[0] == 4 and frames.shape[2] == 5 * 64  # source | driving | 3 methods

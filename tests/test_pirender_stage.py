@@ -199,6 +199,7 @@ def test_tiny_experiment_trains_evaluates_and_animates(tiny_data, tmp_path):
     assert main(["eval", str(TINY), *overrides, f"ckpt_path={ckpt}", "data.val_max_samples=2"]) == 0
     metrics = json.loads((tmp_path / "pirender_tiny" / "eval" / "metrics.json").read_text())
     assert metrics["stage"] == "pirender" and any("lpips" in k for k in metrics["metrics"])
+    assert metrics["descriptor"] == "synthetic"
     clips = sorted((tiny_data / "test").rglob("*.mp4"))
     sem = tmp_path / "drive.npy"
     np.save(sem, np.load(clips[-1].with_suffix(".semantics.npy"))[:5])
