@@ -103,3 +103,26 @@ def test_preprocess_semantics_follows_a_known_head_roll(tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["driving_semantics"].shape == (1, 73, 27) and batch["semantics_kind"] == ["mediapipe"]
+    # a model of the mediapipe kind animates a clip without descriptor file: extracted on the fly with the
+    # data root's PCA
+    import shutil
+
+    from mp_lightning.config.compose import compose
+    from mp_lightning.stages.base import save_stage_checkpoint
+    from mp_lightning.training import build_stage
+    from tests.conftest import EXPERIMENTS, tiny_overrides
+
+    cfg = compose(EXPERIMENTS / "baselines" / "pirender_tiny.yaml",
+                  tiny_overrides(out, tmp_path, "model.descriptor=mediapipe", "data.image_size=128"))
+    ckpt = save_stage_checkpoint(build_stage(cfg), tmp_path / "mediapipe.ckpt")
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    clip = out / "train" / "astronaut" / "moving" / "00000"
+    for suffix in (".mp4", ".landmarks.npy"):
+        shutil.copy(f"{clip}{suffix}", drive / f"moving{suffix}")
+    video = tmp_path / "anim.mp4"
+    assert main(["animate", "--checkpoint", str(ckpt), "--source", f"{clip}.mp4", "--driving",
+                 str(drive / "moving.mp4"), "--max-frames", "6", "--out", str(video)]) == 0
+    from mp_lightning.video import read_video
+
+    assert read_video(video).shape == (6, 128, 128, 3)

@@ -211,3 +211,18 @@ def write_mediapipe_semantics(root: str | Path, train_split: str = "train", spli
     summary = {"kind": KIND, "clips": written, "pca": str(pca_path)}
     (root / "semantics_report.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def descriptors_for_frames(frames: np.ndarray, pca_file: str | Path) -> np.ndarray:
+    """On-the-fly descriptors (T, 73) of frames (T, H, W, 3) uint8 RGB (a driving video or a source image), with
+    the reference shape and PCA of a data root's `semantics_mediapipe.npz`; the neutral shape is the clip's own
+    mean aligned mesh (the person's neutral, as for an identity of the data)."""
+    pca_file = Path(pca_file)
+    if not pca_file.is_file():
+        raise DataError(f"{pca_file}: no mediapipe descriptor PCA (written by `mp-lightning preprocess --semantics "
+                        f"mediapipe` into the data root)")
+    saved = np.load(pca_file)
+    ref = saved["reference"]
+    meshes = detect_meshes(np.asarray(frames))
+    neutral = np.stack([align_to(m.astype(np.float64), ref)[0] for m in meshes]).mean(0)
+    return clip_descriptors(meshes, ref, neutral, saved["pca_mean"], saved["pca_basis"], frames.shape[2])

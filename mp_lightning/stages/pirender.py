@@ -220,22 +220,49 @@ class PIRenderStage(Stage):
 
     def animation_inputs(self, source=None, driving=None, driving_semantics=None, source_semantics=None,
                          source_frame: int = 0) -> dict:
-        """Extra `animate` arguments read from files: the driving clip's descriptors (`driving_semantics`, a
-        (T, 73) .npy, default `<driving>.semantics.npy` beside the clip) and, when the source is a clip with
-        descriptors, its frame's row (cross-identity crop adaptation)."""
+        """Extra `animate` arguments: the driving clip's descriptors (`driving_semantics`, a (T, 73) .npy, default
+        `<driving>.semantics.npy` beside the clip) and, when the source has descriptors, its frame's row
+        (cross-identity crop adaptation). Without a file, a model of the mediapipe stand-in extracts them on the
+        fly with the PCA of its training data root (`semantics_mediapipe.npz`)."""
         from pathlib import Path
 
         from datamodules.semantics import semantics_path_for
 
+        extra = {}
         path = Path(driving_semantics) if driving_semantics else (semantics_path_for(driving) if driving else None)
-        if path is None or not path.is_file():
+        if path is not None and path.is_file():
+            extra["driving_semantics"] = torch.from_numpy(_read_semantics(path))
+        elif driving_semantics is None and driving is not None and self.hp.descriptor == "mediapipe":
+            extra["driving_semantics"] = torch.from_numpy(self._extract(driving))
+        else:
             raise DataError(f"PIRender needs the driving clip's motion descriptors: {path} not found "
-                            f"(pass --driving-semantics FILE, a float32 (T, 73) .npy)")
-        extra = {"driving_semantics": torch.from_numpy(_read_semantics(path))}
+                            f"(pass --driving-semantics FILE, a float32 (T, 73) .npy of '{self.hp.descriptor}' "
+                            f"descriptors)")
         src = Path(source_semantics) if source_semantics else (semantics_path_for(source) if source else None)
         if src is not None and src.is_file():
             extra["source_semantics"] = torch.from_numpy(_read_semantics(src)[source_frame])
+        elif source is not None and self.hp.descriptor == "mediapipe":
+            extra["source_semantics"] = torch.from_numpy(self._extract(source, source_frame)[0])
         return extra
+
+    def _extract(self, path, frame: int | None = None) -> np.ndarray:
+        """mediapipe stand-in descriptors of a video (every frame) or of one frame / an image."""
+        from pathlib import Path
+
+        from mp_lightning.preprocess.semantics import PCA_FILE, descriptors_for_frames
+
+        root = (self.experiment_config.get("data") or {}).get("root")
+        path = Path(path)
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            import cv2
+
+            frames = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)[None]
+        else:
+            from mp_lightning.video import read_video
+
+            frames = read_video(path)
+            frames = frames[frame:frame + 1] if frame is not None else frames
+        return descriptors_for_frames(frames, Path(root or ".") / PCA_FILE)
 
     def clip_inputs(self, clip: dict, source_index: int, driving_indices) -> tuple[dict, dict]:
         """For `personalize`: descriptor windows of a loaded clip (`clip["semantics"]` (F, 73)) as extra batch
