@@ -137,6 +137,10 @@ def test_model_refuses_descriptors_of_another_kind(tiny_data, tmp_path):
         stage(next(iter(dm.train_dataloader())))
     with pytest.raises(DataError, match="data.semantics=true"):
         stage({"source": torch.rand(1, 3, 64, 64)})
+    from mp_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.descriptor.*deep3dfacrecon"):
+        build_stage(_cfg(tiny_data, tmp_path, "model.descriptor=deep3dfacrecon"), dm)
 
 
 class _PhaseProbe:
@@ -148,9 +152,9 @@ class _PhaseProbe:
     def __call__(self, trainer, stage):
         full_opt = trainer.optimizers[1]
         self.rows.append((trainer.global_step, len(full_opt.state),
-                          float(stage.generator.editing_net.decoder.final.model[0].weight.sum()),
+                          float(stage.generator.editing_net.decoder.final.model[0].weight.detach().sum()),
                           float(stage.generator_ema.mapping_net.first[0].weight.sum()),
-                          float(stage.generator.mapping_net.first[0].weight.sum())))
+                          float(stage.generator.mapping_net.first[0].weight.detach().sum())))
 
 
 def test_warp_phase_then_full_phase_with_a_fresh_optimizer(tiny_data, tmp_path):

@@ -125,7 +125,11 @@ class PIRenderStage(Stage):
 
     def __init__(self, config: dict, landmark_spec: dict | None = None):
         super().__init__(config, landmark_spec)
+        from datamodules.semantics import KINDS
+
         hp = self.hp
+        if hp.descriptor not in KINDS:
+            raise ConfigError(f"config key 'model.descriptor': '{hp.descriptor}' is not one of {', '.join(KINDS)}")
         data = config.get("data") or {}
         if data.get("semantics") and data.get("semantic_radius", 13) != hp.net.semantic_radius:
             raise ConfigError(f"config key 'data.semantic_radius' is {data.get('semantic_radius')} but "
