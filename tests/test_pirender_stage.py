@@ -214,3 +214,23 @@ def test_tiny_experiment_trains_evaluates_and_animates(tiny_data, tmp_path):
 
     frames = read_video(out)
     assert len(frames) == 5 and frames.shape[2] == 3 * 64
+
+
+def test_cross_identity_animation_takes_the_source_crop_ratio(stage_and_batch, monkeypatch):
+    """Official `--cross_id`: the driving crop ratio is scaled by source ratio / ratio of the driving frame closest
+    to the source (0.3 expression + 0.7 angle L1); the other channels are the driving's."""
+    from datamodules.semantics import semantic_windows
+
+    stage, _ = stage_and_batch
+    rng = np.random.default_rng(0)
+    driving = rng.normal(size=(6, 73)).astype(np.float32)
+    driving[:, 70] = [0.40, 0.42, 0.44, 0.46, 0.48, 0.50]
+    source = driving[3].copy()
+    source[70] = 0.60  # another person's face size; frame 3 has the source's expression and angles
+    seen = {}
+    monkeypatch.setattr(stage, "_render_windows", lambda src, windows, *a: seen.setdefault("w", windows))
+    stage.animate(torch.rand(3, 64, 64), driving_semantics=torch.from_numpy(driving),
+                  source_semantics=torch.from_numpy(source))
+    expected = driving.copy()
+    expected[:, 70] *= 0.60 / 0.46
+    np.testing.assert_allclose(seen["w"].numpy(), semantic_windows(expected, 13), rtol=1e-6)
