@@ -100,3 +100,17 @@ def test_imported_model_refuses_descriptors_of_another_kind(imported, golden):
              "semantics_kind": ["mediapipe"]}
     with pytest.raises(DataError, match="expects 'deep3dfacerecon'.*'mediapipe'"):
         imported(batch)
+
+
+def test_export_to_the_official_layout_round_trips(imported, golden, tmp_path):
+    from mp_lightning.checkpoints.pirender import export_official_pirender, load_official_pirender
+
+    path = export_official_pirender(tmp_path / "epoch_00000_iteration_000000000_checkpoint.pt", imported)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(blob) == {"net_G", "net_G_ema", "current_epoch", "current_iteration"}
+    net, info = load_official_pirender(path)
+    assert info["fp16_tensors_converted"] == 0
+    x = golden["inputs"]
+    with torch.no_grad():
+        out = net(x["input_image"], x["driving_source"])
+    torch.testing.assert_close(out["fake_image"], golden["out"]["fake_image"], atol=TOL, rtol=0)
