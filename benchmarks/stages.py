@@ -80,7 +80,7 @@ def _measure(name: str, steps: int, frames: int, batch: int, data_dir: Path) -> 
     step = sorted(times[1:])[len(times[1:]) // 2]  # median, first (warm-up) step dropped
 
     stage.eval()
-    batch1 = next(iter(dm.val_dataloader()))
+    batch1 = next(iter(dm.val_dataloader()[0]))
     batch1 = {k: (v[:1] if torch.is_tensor(v) else v[:1] if isinstance(v, list) else v) for k, v in batch1.items()}
     with torch.no_grad():
         stage(batch1)

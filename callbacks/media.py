@@ -1,7 +1,6 @@
 """Rank-zero media logging: an image grid per validation epoch and a short animated clip."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -33,6 +32,10 @@ def image_grid(batch: dict, outputs: dict, num_samples: int) -> torch.Tensor:
 
 
 class MediaCallback(L.Callback):
+    """Per validation epoch: the sample grid and an animated clip, written to RUN_DIR/media/ and sent to the
+    logger that takes media (W&B: image and video, TensorBoard: image), so a run without an online logger
+    can still be looked at (`mp-lightning report`)."""
+
     def __init__(self, enabled: bool = True, every_n_epochs: int = 1, num_samples: int = 4,
                  video_frames: int = 16, fps: int = 10):
         self.enabled = enabled
@@ -45,19 +48,27 @@ class MediaCallback(L.Callback):
         return (
             self.enabled
             and not trainer.sanity_checking
-            and trainer.logger is not None
             and trainer.current_epoch % max(1, self.every_n_epochs) == 0
         )
+
+    @staticmethod
+    def _media_path(trainer, kind: str, suffix: str) -> Path:
+        return Path(trainer.default_root_dir) / "media" / f"val_{kind}_step{trainer.global_step:07d}{suffix}"
 
     @rank_zero_only
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx != 0 or dataloader_idx != 0 or not self._due(trainer) or not isinstance(outputs, dict):
             return
+        from mp_lightning.video import write_image
+
         grid = image_grid(batch, outputs, self.num_samples)
         caption = " | ".join(c for c in GRID_COLUMNS if torch.is_tensor(outputs.get(c, batch.get(c))))
-        log_image = getattr(trainer.logger, "log_image", None)
-        if log_image is not None:
-            log_image(key="val/samples", images=[grid], caption=[caption], step=trainer.global_step)
+        write_image(self._media_path(trainer, "samples", ".png"), grid)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # W&B
+                logger.log_image(key="val/samples", images=[grid], caption=[caption], step=trainer.global_step)
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+                logger.experiment.add_image("val/samples", grid, global_step=trainer.global_step)
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer, pl_module):
@@ -65,7 +76,7 @@ class MediaCallback(L.Callback):
             return
         clip = getattr(trainer.datamodule, "media_clip", None)
         animate = getattr(pl_module, "animate", None)
-        if clip is None or animate is None or type(trainer.logger).__name__ != "WandbLogger":
+        if clip is None or animate is None:
             return
         sample = clip(num_frames=self.video_frames)
         if sample is None:
@@ -76,11 +87,13 @@ class MediaCallback(L.Callback):
         driving = sample["driving"].to(frames.device)
         source = sample["source"].to(frames.device).expand_as(frames)
         side_by_side = torch.cat([source, driving, frames], dim=3)
-        import wandb
-
+        from mp_lightning.training import wandb_logger
         from mp_lightning.video import write_video
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = write_video(Path(tmp) / "clip.mp4", side_by_side, fps=self.fps)
-            trainer.logger.experiment.log({"val/clip": wandb.Video(str(path), format="mp4"),
-                                           "trainer/global_step": trainer.global_step})
+        path = write_video(self._media_path(trainer, "clip", ".mp4"), side_by_side, fps=self.fps)
+        wandb = wandb_logger(trainer.loggers)
+        if wandb is not None:
+            import wandb as wandb_sdk
+
+            wandb.experiment.log({"val/clip": wandb_sdk.Video(str(path), format="mp4"),
+                                  "trainer/global_step": trainer.global_step})

@@ -28,7 +28,12 @@ class DataConfig:
     val_max_samples: Optional[int] = None  # cap on validation/test samples (the first ones, deterministic)
     eval_seed: int = 0  # seed of the deterministic validation/test samples
     train_split: str = "train"  # sub-folder of root used for training
-    val_split: str = "test"  # sub-folder used for validation (VoxCeleb has no separate val split)
+    # validation never looks at the test identities: with val_split == train_split (the default) it holds
+    # out `val_identities` training identities, chosen by a hash of their names, and trains on the rest;
+    # another value names a folder of its own (e.g. "val")
+    val_split: str = "train"
+    val_identities: int = 2  # identities carved out of the training split for validation (>= 2 for cross-identity)
+    val_cross_identity: bool = True  # a second validation set in cross-identity mode: val/cross/<metric>
     test_split: str = "test"  # sub-folder used for test / evaluation
     strict: bool = False  # any bad clip found by the setup scan raises DataError instead of being left out
     use_landmarks: bool = True  # read <clip>.landmarks.npy (a clip without one is bad); False = no landmark keys

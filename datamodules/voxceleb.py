@@ -40,6 +40,7 @@ epoch, in every worker and on every rank.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -281,9 +282,13 @@ class ClipSampleDataset(Dataset):
             dclip = self.clips[pool[int(rng.integers(len(pool)))]]
             s, t = int(rng.integers(n)), int(rng.integers(dclip.num_frames))
             simg, slm = self._read(clip, [s])
-            dimg, dlm = self._read(dclip, [t])
+            dimg, dlm = self._read(dclip, [0, t])
             self._put(item, "source", simg[0], None if slm is None else slm[0], s, clip)
-            self._put(item, "driving", dimg[0], None if dlm is None else dlm[0], t, dclip)
+            self._put(item, "driving", dimg[1], None if dlm is None else dlm[1], t, dclip)
+            # the driving clip's first frame: the reference of relative motion (FOMM) and retargeting
+            item["driving_initial"] = dimg[0]
+            if dlm is not None:
+                item["driving_initial_landmarks"] = dlm[0]
             item["driving_clip"] = dclip.name
             item["driving_identity"] = dclip.identity
         if self.with_identity:
@@ -446,6 +451,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         self.sample_transform = None  # see `set_sample_transform`
         self.train_dataset: ClipSampleDataset | None = None
         self.val_dataset: ClipSampleDataset | None = None
+        self.val_cross_dataset: ClipSampleDataset | None = None
         self.test_dataset: ClipSampleDataset | None = None
 
     # ------------------------------------------------------------------ metadata
@@ -476,7 +482,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         in the training step. ``transform`` must be picklable; None switches it off.
         """
         self.sample_transform = transform
-        for dataset in (self.train_dataset, self.val_dataset, self.test_dataset):
+        for dataset in (self.train_dataset, self.val_dataset, self.val_cross_dataset, self.test_dataset):
             if dataset is not None:
                 dataset.sample_transform = transform
 
@@ -519,10 +525,39 @@ class VoxCelebDataModule(L.LightningDataModule):
             return
         report = report_dict(self.config.root, self.config.mode, min_frames_for(self.config), self.scans)
         report["sample_time_failures_log"] = str(Path(self.report_dir) / "data_sample_failures.jsonl")
+        if self.val_dataset is not None:
+            report["validation"] = {"split": self.config.val_split, "identities": self.validation_identities,
+                                    "sets": list(self.val_set_names)}
         write_report(self.report_dir, report)
 
-    def _dataset(self, split: str, train: bool) -> ClipSampleDataset:
+    @property
+    def validation_identities(self) -> list[str]:
+        """The identities validation samples come from; never the test split's (unless configured so)."""
+        cfg = self.config
+        if cfg.val_split != cfg.train_split:
+            return sorted({c.identity for c in self._scan(cfg.val_split).clips})
+        names = sorted({c.identity for c in self._scan(cfg.train_split).clips})
+        if not 1 <= cfg.val_identities < len(names):
+            raise DataError(
+                f"data.val_identities={cfg.val_identities} must be >= 1 and leave training identities: split"
+                f" '{cfg.train_split}' of {cfg.root} has {len(names)} identities"
+            )
+        # a hash of the name, not the sorted order: adding identities to a data root keeps the old choice
+        ranked = sorted(names, key=lambda name: hashlib.sha1(f"val:{name}".encode()).hexdigest())
+        return sorted(ranked[: cfg.val_identities])
+
+    def _clips(self, role: str) -> list[ClipInfo]:
+        cfg = self.config
+        split = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}[role]
         clips = self._scan(split).clips
+        if role == "test" or cfg.val_split != cfg.train_split:
+            return clips
+        held_out = set(self.validation_identities)
+        return [c for c in clips if (c.identity in held_out) == (role == "val")]
+
+    def _dataset(self, role: str, train: bool, mode: str | None = None) -> ClipSampleDataset:
+        clips = self._clips(role)
+        split = role
         perm = (self._spec or {}).get("flip_permutation")
         if train and self.config.augment_flip and self.config.use_landmarks and perm is None:
             raise DataError(
@@ -530,7 +565,8 @@ class VoxCelebDataModule(L.LightningDataModule):
                 " left/right landmarks; add one or set data.augment_flip=false"
             )
         log = None if self.report_dir is None else str(Path(self.report_dir) / "data_sample_failures.jsonl")
-        dataset = ClipSampleDataset(clips, self.config, train, perm, log, split)
+        config = self.config if mode is None else dataclasses.replace(self.config, mode=mode)
+        dataset = ClipSampleDataset(clips, config, train, perm, log, split)
         dataset.landmark_subset = None if self._subset is None else np.asarray(self._subset)
         dataset.sample_transform = self.sample_transform
         dataset.identity_description = self._identity_description
@@ -540,11 +576,28 @@ class VoxCelebDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         cfg = self.config
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self._dataset(cfg.train_split, train=True)
+            self.train_dataset = self._dataset("train", train=True)
         if stage in (None, "fit", "validate") and self.val_dataset is None:
-            self.val_dataset = self._dataset(cfg.val_split, train=False)
+            if cfg.val_split == cfg.test_split:
+                warnings.warn(f"data.val_split={cfg.val_split!r} is the test split: checkpoint selection and sweeps"
+                              " will tune on the test identities", RuntimeWarning, stacklevel=2)
+            self.val_dataset = self._dataset("val", train=False)
+            self.val_cross_dataset = None
+            if self.val_set_names == ("self", "cross"):
+                self.val_cross_dataset = self._dataset("val", train=False, mode="cross_identity")
+            self._write_report()
         if stage in (None, "test", "predict") and self.test_dataset is None:
-            self.test_dataset = self._dataset(cfg.test_split, train=False)
+            self.test_dataset = self._dataset("test", train=False)
+
+    @property
+    def val_set_names(self) -> tuple[str, ...]:
+        """The validation dataloaders in order: self-reenactment, then cross-identity where it applies."""
+        cfg = self.config
+        # windows (super-resolution) do not animate a source, so there is nothing cross-identity to measure
+        animates = cfg.mode in ("pairs", "identity_tasks", "cross_identity")
+        if cfg.val_cross_identity and animates and cfg.mode != "cross_identity" and len(self.validation_identities) >= 2:
+            return ("self", "cross")
+        return ("self",)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: ClipSampleDataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -574,10 +627,13 @@ class VoxCelebDataModule(L.LightningDataModule):
         self.train_dataset.epoch_seed = int(trainer.current_epoch) if trainer is not None else 0
         return self._loader(self.train_dataset, self.config.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per name in `val_set_names`: self-reenactment first, then cross-identity."""
         if self.val_dataset is None:
             self.setup("validate")
-        return self._loader(self.val_dataset, self.config.val_batch_size or self.config.batch_size, shuffle=False)
+        batch_size = self.config.val_batch_size or self.config.batch_size
+        datasets = [self.val_dataset] + ([self.val_cross_dataset] if self.val_cross_dataset is not None else [])
+        return [self._loader(dataset, batch_size, shuffle=False) for dataset in datasets]
 
     def test_dataloader(self) -> DataLoader:
         if self.test_dataset is None:

@@ -17,6 +17,24 @@ import torch
 from mp_lightning.errors import ConfigError
 
 
+#: data settings that decide which test pairs and pixels a method is scored on: equal for every method
+EVALUATION_DATA_KEYS = ("root", "test_split", "image_size", "eval_seed", "val_samples_per_clip", "val_max_samples",
+                        "max_frame_distance")
+
+
+def check_same_evaluation_data(configs: dict) -> None:
+    """Refuse a comparison whose methods would be scored on different data, naming the keys that differ."""
+    names = list(configs)
+    differ = []
+    for key in EVALUATION_DATA_KEYS:
+        values = {name: configs[name].data.get(key) for name in names}
+        if len({repr(v) for v in values.values()}) > 1:
+            differ.append(f"data.{key} (" + ", ".join(f"{n}: {v!r}" for n, v in values.items()) + ")")
+    if differ:
+        raise ConfigError("compare: the methods would be evaluated on different data, so their numbers are not"
+                          " comparable: " + "; ".join(differ) + ". Pass the same value to all (e.g. data.root=...)")
+
+
 @dataclass
 class Method:
     name: str
@@ -47,7 +65,7 @@ def methods_from_args(items: Sequence[str]) -> list[Method]:
 
 
 def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[str] = (),
-                video_frames: int = 32, wandb_mode: str = "offline") -> dict:
+                video_frames: int = 32, wandb_mode: str = "offline", source_identity: str | Path | None = None) -> dict:
     from mp_lightning.config.compose import compose
     from mp_lightning.training import run_evaluation
 
@@ -57,47 +75,54 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     descriptors: dict[str, str] = {}  # method -> motion-descriptor kind, for the methods driven by one
     configs = {}
     for m in methods:
-        cfg = compose(m.experiment, [f"ckpt_path={m.checkpoint}", f"name={m.name}", f"output_root={out_dir}",
-                                     "logger.type=none", *overrides])
-        configs[m.name] = cfg
+        configs[m.name] = compose(m.experiment, [f"ckpt_path={m.checkpoint}", f"name={m.name}",
+                                                 f"output_root={out_dir}", "logger.type=none", *overrides])
+    check_same_evaluation_data(configs)
+    protocols = {}
+    for m in methods:
         print(f"== {m.name}: {m.experiment} @ {m.checkpoint}")
-        result = run_evaluation(cfg)
-        rows[m.name] = result["metrics"]
+        result = run_evaluation(configs[m.name])
+        rows[m.name], protocols[m.name] = result["metrics"], result["cross_identity_protocol"]
         if result.get("descriptor"):
             descriptors[m.name] = result["descriptor"]
     metrics = sorted({k for r in rows.values() for k in r})
-    (out_dir / "compare.csv").write_text(_csv(rows, metrics))
+    (out_dir / "compare.csv").write_text(_csv(rows, metrics, protocols))
     notes = "".join(f"\n{name}: driven by {kind} motion descriptors\n" for name, kind in descriptors.items())
-    (out_dir / "compare.md").write_text(_markdown(rows, metrics) + notes)
+    (out_dir / "compare.md").write_text(_markdown(rows, metrics, protocols) + notes)
     (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows,
+                                                      "cross_identity_protocol": protocols,
                                                       "descriptors": descriptors}, indent=2))
-    video = compare_video(methods, configs, out_dir / "compare.mp4", video_frames) if video_frames > 0 else None
+    video = (compare_video(methods, configs, out_dir / "compare.mp4", video_frames, source_identity)
+             if video_frames > 0 else None)
     _log_wandb(rows, metrics, out_dir, video, wandb_mode)
     return {"rows": rows, "metrics": metrics, "dir": str(out_dir), "video": str(video) if video else None}
 
 
-def _csv(rows, metrics) -> str:
+def _csv(rows, metrics, protocols) -> str:
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", *metrics])
+    writer.writerow(["method", *metrics, "cross-identity protocol"])
     for name, r in rows.items():
-        writer.writerow([name, *[f"{r[k]:.6f}" if k in r else "" for k in metrics]])
+        writer.writerow([name, *[f"{r[k]:.6f}" if k in r else "" for k in metrics], protocols[name]])
     return buf.getvalue()
 
 
-def _markdown(rows, metrics) -> str:
+def _markdown(rows, metrics, protocols) -> str:
     lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4f}" if k in r else "" for k in metrics) + " |")
+    lines += ["", "Cross-identity protocol (each method's published one):", ""]
+    lines += [f"- {name}: {protocol}" for name, protocol in protocols.items()]
     return "\n".join(lines) + "\n"
 
 
-def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: int) -> Path | None:
+def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: int,
+                  source_identity: str | Path | None = None) -> Path | None:
     """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving)."""
     from mp_lightning import load_stage
-    from mp_lightning.inputs import load_driving, load_source
+    from mp_lightning.inputs import load_driving, load_source, load_source_inputs
     from mp_lightning.video import write_video
 
     first = configs[methods[0].name]
@@ -111,6 +136,9 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         source, source_lm = load_source(clips[0], size=size)
         driving, driving_lm = load_driving(clips[-1], size=size, max_frames=num_frames)
         kwargs = {"relative": True} if stage.hparams["config"]["stage"] == "fomm" else {}
+        extra = load_source_inputs(stage, clips[0], source_identity)
+        if extra:
+            kwargs["extra"] = extra
         if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
             kwargs.update(stage.animation_inputs(source=clips[0], driving=clips[-1]))
         frames = stage.animate(source, driving, driving_lm, source_lm, **kwargs)

@@ -27,6 +27,36 @@ def _landmarks_beside(path: Path) -> Path:
     return path.with_name(path.name.rsplit(".", 1)[0] + ".landmarks.npy")
 
 
+def identity_beside(path: str | Path) -> Path:
+    """`<name>.identity.npy` beside an image or clip: its precomputed identity embedding (our data layout)."""
+    path = Path(path)
+    return path.with_name(path.name.rsplit(".", 1)[0] + ".identity.npy")
+
+
+def load_source_inputs(stage, source: str | Path, source_identity: str | Path | None = None) -> dict:
+    """The batch entries (leading axis 1) that `stage` needs of a source beyond image and landmarks.
+
+    `source_identity`: the file given by the user (`--source-identity`), else `<source>.identity.npy`.
+    """
+    inputs = {}
+    for key in stage.source_inputs():
+        if key != "source_identity":
+            raise DataError(f"no loader for the source input '{key}' that {type(stage).__name__} asks for")
+        path = Path(source_identity) if source_identity else identity_beside(source)
+        if not path.is_file():
+            given = f"--source-identity {path} does not exist" if source_identity else f"no {path.name} beside {source}"
+            raise DataError(
+                f"this checkpoint conditions on a precomputed source identity (model.identity.source=precomputed,"
+                f" e.g. the official MetaPortrait weights): {given}; pass --source-identity FILE.npy"
+                f" or put <source>.identity.npy beside the source"
+            )
+        vector = np.load(path).astype(np.float32).reshape(-1)
+        if not np.isfinite(vector).all():
+            raise DataError(f"{path}: the identity embedding holds NaN or inf")
+        inputs["source_identity"] = torch.from_numpy(vector)[None]
+    return inputs
+
+
 def _to_tensor(frames: np.ndarray, size: int) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
     if t.shape[-1] != size or t.shape[-2] != size:

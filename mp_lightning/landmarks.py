@@ -313,19 +313,39 @@ def gaze_heatmaps(points: torch.Tensor, size: Union[int, Sequence[int]], varianc
 # ----------------------------------------------------------------------------------------------------
 # batch helper
 # ----------------------------------------------------------------------------------------------------
-def metaportrait_inputs(batch: Dict, spec: LandmarkSpec, size: Optional[int] = None) -> Dict:
+def retarget_landmarks(source: torch.Tensor, driving: torch.Tensor, driving_initial: torch.Tensor) -> torch.Tensor:
+    """The driving person's expression and head motion moved onto the source's face shape.
+
+    `source + s * (driving - driving_initial)`, with s the source face's size over the driving clip's first
+    frame's (RMS distance of the points to their centroid): the relative motion of FOMM's `--relative
+    --adapt_scale`, for landmarks. Without it a cross-identity driving frame also carries the driving
+    person's face shape into the drawing, and the prediction takes it on. Shapes (..., K, 2); the
+    driving frames (..., K, 2) or (N, ..., K, 2) against one initial frame broadcast.
+    """
+    def size(points):
+        centred = points - points.mean(dim=-2, keepdim=True)
+        return centred.square().sum(-1).mean(-1).sqrt()[..., None, None]
+
+    scale = size(source) / size(driving_initial).clamp_min(1e-6)
+    return source + scale * (driving - driving_initial)
+
+
+def metaportrait_inputs(batch: Dict, spec: LandmarkSpec, size: Optional[int] = None, retarget: bool = False) -> Dict:
     """Add the landmark-derived MetaPortrait inputs to a batch dict (returns a new dict).
 
     Needs `source` (B, 3, H, W), `source_landmarks`, `driving_landmarks` (B, K, 2) in [0, 1]. Adds:
       source_line, driving_line (B, 3, H, W) in [0, 1]; eye_mask, mouth_mask (B, 1, H, W) 0/1 from the
       driving landmarks; gaze_points (B, G, 2) in [-1, 1] from the driving landmarks.
-    Keys already present are kept (e.g. lines precomputed by a data loader).
+    Keys already present are kept (e.g. lines precomputed by a data loader). `retarget`: a batch with
+    `driving_initial_landmarks` (cross-identity) is drawn with `retarget_landmarks`.
     """
     out = dict(batch)
     src = batch["source"]
     size = int(size or src.shape[-1])
     device = src.device
     drv = batch["driving_landmarks"]
+    if retarget and "driving_initial_landmarks" in batch:
+        drv = retarget_landmarks(batch["source_landmarks"], drv, batch["driving_initial_landmarks"])
     if "source_line" not in out:
         out["source_line"] = draw_landmark_lines(batch["source_landmarks"], spec, size).to(device)
     if "driving_line" not in out:
@@ -372,12 +392,13 @@ class MetaPortraitSampleInputs:
     Keys already present are kept; a sample without landmarks is returned unchanged.
     """
 
-    def __init__(self, spec: LandmarkSpec, size: int):
+    def __init__(self, spec: LandmarkSpec, size: int, retarget: bool = False):
         self.spec = spec
         self.size = int(size)
+        self.retarget = retarget  # draw cross-identity samples (with driving_initial_landmarks) retargeted
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(spec={self.spec.name!r}, size={self.size})"
+        return f"{type(self).__name__}(spec={self.spec.name!r}, size={self.size}, retarget={self.retarget})"
 
     def _driving(self, lms: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Driving-side inputs of (N, K, 2) landmarks: lines, masks and gaze points with a leading N."""
@@ -404,6 +425,8 @@ class MetaPortraitSampleInputs:
         if not tasks:
             drv = item["driving_landmarks"]
             _check_points(drv, "driving_landmarks", spec)
+            if self.retarget and "driving_initial_landmarks" in item:
+                drv = retarget_landmarks(src, drv, item["driving_initial_landmarks"])
             for key, value in self._driving(drv.unsqueeze(0)).items():
                 out.setdefault(key, value[0])
             return out

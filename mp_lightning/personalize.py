@@ -76,10 +76,12 @@ class Evaluator:
         if identity:
             self.metrics["identity"] = IdentitySimilarity(pretrained=identity_pretrained)
 
-    def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8, **animate_inputs) -> dict:
+    def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8, extra: dict | None = None,
+                 **animate_inputs) -> dict:
         was_training = stage.training
         stage.eval()
-        preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size, **animate_inputs)
+        preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size,
+                              **({"extra": extra} if extra else {}), **animate_inputs)
         stage.train(was_training)
         values = {}
         for name, metric in self.metrics.items():
@@ -96,7 +98,8 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
                 eval_every: Optional[int] = None, lr: float = 2e-4, warp_lr_multiplier: float = 0.1,
                 betas: Iterable[float] = (0.5, 0.999), grad_clip: float = 0.3, batch_size: int = 4,
                 max_eval_frames: int = 32, lpips_pretrained: bool = True, identity_pretrained: bool = True,
-                identity: bool = True, progress: bool = True, seed: int = 0, write_checkpoint: bool = True) -> dict:
+                identity: bool = True, progress: bool = True, seed: int = 0, write_checkpoint: bool = True,
+                source_identity: str | Path | None = None) -> dict:
     """Fine-tune `stage` (in place) on the first `seconds` of `video`; returns the curve dict.
 
     The schedule is `step_schedule(steps, eval_every)`; evaluation time is not counted in `seconds`.
@@ -115,6 +118,9 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     held = torch.linspace(n_train, len(frames) - 1, min(max_eval_frames, len(frames) - n_train)).round().long().unique()
     device = stage.device
     source, source_lm = frames[0], landmarks[0]
+    from mp_lightning.inputs import load_source_inputs
+
+    extra = load_source_inputs(stage, video, source_identity)  # e.g. the official weights' precomputed identity
     evaluator = Evaluator(lpips_pretrained, identity_pretrained, identity)
     groups = inner_param_groups(stage, warp_lr_multiplier)
     params = [p for g in groups for p in g["params"]]
@@ -130,7 +136,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     held_animate = clip_inputs(clip, 0, held)[1] if clip_inputs else {}
 
     def evaluate(step: int, elapsed: float) -> None:
-        values = evaluator(stage, source, source_lm, frames[held], landmarks[held], **held_animate)
+        values = evaluator(stage, source, source_lm, frames[held], landmarks[held], extra=extra, **held_animate)
         curve["steps"].append(step)
         curve["train_seconds"].append(elapsed)
         for k, v in values.items():
@@ -150,6 +156,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
             "source": source.unsqueeze(0).expand(batch_size, -1, -1, -1).to(device),
             "source_landmarks": source_lm.unsqueeze(0).expand(batch_size, -1, -1).to(device),
             "driving": frames[idx].to(device), "driving_landmarks": landmarks[idx].to(device),
+            **{k: v.expand(batch_size, *v.shape[1:]).to(device) for k, v in extra.items()},
         }
         if clip_inputs:
             batch.update({k: v.to(device) for k, v in clip_inputs(clip, 0, idx)[0].items()})

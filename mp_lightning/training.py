@@ -90,31 +90,53 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
-def build_logger(cfg: DictConfig, run_dir: Path):
+LOGGERS = ("wandb", "tensorboard", "csv", "none")
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> list | bool:
+    """The run's Lightning loggers (the configured one, then the local CSV copy), or False for none."""
+    from lightning.pytorch.loggers import CSVLogger
+
     kind = cfg.logger.type
+    if kind not in LOGGERS:
+        raise ConfigError(f"config key 'logger.type': unknown logger '{kind}' ({' | '.join(LOGGERS)})")
     if kind == "none":
         return False
+    csv = CSVLogger(save_dir=str(run_dir), name="csv", version="")
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        return [csv]
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
 
-        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
-    if kind != "wandb":
-        raise ConfigError(f"config key 'logger.type': unknown logger '{kind}' (wandb | csv | none)")
-    from lightning.pytorch.loggers import WandbLogger
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as err:
+            raise ConfigError("logger.type=tensorboard needs the `tensorboard` package (pip install tensorboard)") from err
+        primary = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    else:
+        from lightning.pytorch.loggers import WandbLogger
 
-    logger = WandbLogger(
-        name=cfg.name,
-        save_dir=str(run_dir),
-        id=wandb_run_id(run_dir),
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        group=cfg.logger.group,
-        tags=list(cfg.logger.tags),
-        offline=cfg.logger.mode == "offline",
-        mode=cfg.logger.mode,
-        log_model=cfg.logger.log_model,
-    )
-    return logger
+        primary = WandbLogger(
+            name=cfg.name,
+            save_dir=str(run_dir),
+            id=wandb_run_id(run_dir),
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            tags=list(cfg.logger.tags),
+            offline=cfg.logger.mode == "offline",
+            mode=cfg.logger.mode,
+            log_model=cfg.logger.log_model,
+        )
+    return [primary, csv] if cfg.logger.local_csv else [primary]
+
+
+def wandb_logger(loggers):
+    """The W&B logger among `loggers` (a list, one logger or False), or None."""
+    for logger in loggers if isinstance(loggers, (list, tuple)) else [loggers]:
+        if type(logger).__name__ == "WandbLogger":
+            return logger
+    return None
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -216,7 +238,7 @@ def run_training(cfg: DictConfig) -> dict:
     return result
 
 
-def _log_hyperparameters(logger, cfg: DictConfig, stage) -> None:
+def _log_hyperparameters(loggers, cfg: DictConfig, stage) -> None:
     params = {
         name: sum(p.numel() for p in module.parameters())
         for name, module in stage.named_children()
@@ -224,20 +246,17 @@ def _log_hyperparameters(logger, cfg: DictConfig, stage) -> None:
     }
     hp = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     hp["parameter_counts"] = params
-    logger.log_hyperparams(hp)
+    for logger in loggers:
+        logger.log_hyperparams(hp)
 
 
-def _finish_logger(logger) -> None:
+def _finish_logger(loggers) -> None:
     # always finish, so that one crashed run does not poison the next one in a sweep
-    if logger and hasattr(logger, "experiment") and cfg_is_wandb(logger):
+    if wandb_logger(loggers) is not None:
         import wandb
 
         if wandb.run is not None:
             wandb.finish()
-
-
-def cfg_is_wandb(logger) -> bool:
-    return type(logger).__name__ == "WandbLogger"
 
 
 class EvaluationSets:
@@ -296,18 +315,20 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     # a model driven by motion descriptors says which extractor's (results of different kinds are not comparable)
     descriptor = getattr(stage.hp, "descriptor", None)
     if trainer.is_global_zero:
-        summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}
+        summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results,
+                   "cross_identity_protocol": stage.cross_identity_protocol}
         if descriptor:
             summary["descriptor"] = descriptor
         (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
-        if logger and cfg_is_wandb(logger):
+        if wandb_logger(logger) is not None:
             import wandb
 
-            logger.experiment.log({"test/metrics_table": wandb.Table(
+            wandb_logger(logger).experiment.log({"test/metrics_table": wandb.Table(
                 columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results, "descriptor": descriptor}
+    return {"eval_dir": str(eval_dir), "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol,
+            "descriptor": descriptor}
 
 
 def metrics_markdown(results: dict, title: str = "") -> str:

@@ -53,3 +53,14 @@ def read_video(path: str | Path) -> np.ndarray:
 
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def write_image(path: str | Path, image) -> Path:
+    """Write one (3, H, W) float image in [0, 1] (or (H, W, 3) uint8) as PNG."""
+    from PIL import Image
+
+    pixels = to_uint8_frames(image[None] if torch.is_tensor(image) else np.asarray(image)[None])[0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path

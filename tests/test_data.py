@@ -50,7 +50,7 @@ EXPECTED = {
                        "support_driving_index": (2, 2), "query_driving": (2, 3, 3, SIZE, SIZE),
                        "query_driving_landmarks": (2, 3, K, 2), "query_driving_index": (2, 3)},
 }
-EXPECTED["cross_identity"] = dict(EXPECTED["pairs"])
+EXPECTED["cross_identity"] = dict(EXPECTED["pairs"], driving_initial=(2, 3, SIZE, SIZE), driving_initial_landmarks=(2, K, 2))
 LISTS = {"pairs": {"clip", "identity"}, "windows": {"clip", "identity"}, "identity_tasks": {"clip", "identity"},
          "cross_identity": {"clip", "identity", "driving_clip", "driving_identity"}}
 
@@ -58,7 +58,7 @@ LISTS = {"pairs": {"clip", "identity"}, "windows": {"clip", "identity"}, "identi
 @pytest.mark.parametrize("mode", MODES)
 def test_batch_keys_and_shapes(root, mode):
     dm = _module(root, mode=mode)
-    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+    for loader in (dm.train_dataloader(), dm.val_dataloader()[0]):
         batch = next(iter(loader))
         assert set(batch) == set(EXPECTED[mode]) | LISTS[mode]
         for key, shape in EXPECTED[mode].items():
@@ -111,10 +111,10 @@ def test_landmarks_match_the_file(root):
 def test_eval_samples_are_fixed(root):
     a = _module(root, mode="pairs", val_samples_per_clip=2)
     b = _module(root, mode="pairs", val_samples_per_clip=2, num_workers=2)
-    assert len(a.val_dataset) == 8  # 4 test clips x 2
-    first = [(x["clip"], x["source_index"], x["driving_index"]) for x in iter(a.val_dataloader())]
-    again = [(x["clip"], x["source_index"], x["driving_index"]) for x in iter(a.val_dataloader())]
-    other = [(x["clip"], x["source_index"], x["driving_index"]) for x in iter(b.val_dataloader())]
+    assert len(a.val_dataset) == 8  # 2 held-out train identities x 2 clips x 2
+    first = [(x["clip"], x["source_index"], x["driving_index"]) for x in iter(a.val_dataloader()[0])]
+    again = [(x["clip"], x["source_index"], x["driving_index"]) for x in iter(a.val_dataloader()[0])]
+    other = [(x["clip"], x["source_index"], x["driving_index"]) for x in iter(b.val_dataloader()[0])]
     for x, y, z in zip(first, again, other):
         assert x[0] == y[0] == z[0] and torch.equal(x[1], y[1]) and torch.equal(x[1], z[1]) and torch.equal(x[2], z[2])
     # training samples are not fixed
@@ -206,7 +206,7 @@ def broken_root(tmp_path, root) -> Path:
 def test_bad_clips_are_reported_and_left_out(broken_root, tmp_path):
     report_dir = tmp_path / "run"
     with pytest.warns(RuntimeWarning, match="bad clip"):
-        dm = VoxCelebDataModule(_config(broken_root, mode="pairs"), report_dir=report_dir)
+        dm = VoxCelebDataModule(_config(broken_root, mode="pairs", val_identities=1), report_dir=report_dir)
         dm.setup("fit")
     report = json.loads((report_dir / "data_report.json").read_text())
     train = report["splits"]["train"]
@@ -256,7 +256,7 @@ def test_decode_failure_at_sample_time_is_skipped(tmp_path, root):
     assert victim.name in ds.failures
     log = (tmp_path / "run" / "data_sample_failures.jsonl").read_text().splitlines()
     assert json.loads(log[0])["clip"] == victim.name
-    for batch in dm.val_dataloader():  # a whole pass survives
+    for batch in dm.val_dataloader()[0]:  # a whole pass survives
         assert victim.name not in batch["clip"]
 
 
@@ -295,6 +295,50 @@ def test_ddp_ranks_get_disjoint_training_samples(root, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["sampler"] == "DistributedSampler" for r in ranks)
     clips = [{s.split("@")[0] for s in r["seen"]} for r in ranks]
-    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 4  # 8 train clips, one sample each, split in two
+    # 4 train identities, 2 held out for validation: 4 training clips, one sample each, split in two
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 2
     assert not clips[0] & clips[1]
-    assert len(clips[0] | clips[1]) == 8
+    assert len(clips[0] | clips[1]) == 4
+
+
+def _identities(clips) -> set[str]:
+    return {c.identity for c in clips}
+
+
+def test_validation_identities_are_carved_from_train_never_test(root, tmp_path):
+    dm = VoxCelebDataModule(_config(root, mode="pairs"), report_dir=tmp_path)
+    dm.setup("fit")
+    dm.setup("test")
+    train, val, test = (_identities(d.clips) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset))
+    assert len(val) == 2 and len(train) == 2 and len(test) == 2
+    assert not val & train and not val & test
+    assert val | train == _identities(dm._scan("train").clips)
+    assert _identities(dm.val_cross_dataset.clips) == val
+    # deterministic: another module (and the report) name the same identities
+    again = VoxCelebDataModule(_config(root, mode="pairs"))
+    assert again.validation_identities == sorted(val)
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    assert report["validation"] == {"split": "train", "identities": sorted(val), "sets": ["self", "cross"]}
+
+
+def test_validation_sets_self_then_cross_identity(root):
+    dm = _module(root, mode="pairs")
+    self_loader, cross_loader = dm.val_dataloader()
+    assert dm.val_set_names == ("self", "cross")
+    cross = next(iter(cross_loader))
+    assert all(d != s for d, s in zip(cross["driving_identity"], cross["identity"]))
+    assert "driving_identity" not in next(iter(self_loader))
+    # super-resolution windows animate nothing: no cross-identity set
+    assert _module(root, mode="windows").val_set_names == ("self",)
+    assert _module(root, mode="pairs", val_cross_identity=False).val_set_names == ("self",)
+
+
+def test_validation_split_options(root):
+    with pytest.raises(DataError, match="data.val_identities=4"):
+        VoxCelebDataModule(_config(root, val_identities=4)).setup("fit")
+    # a folder of its own, e.g. the old behaviour on the test split, is still possible when asked for
+    dm = VoxCelebDataModule(_config(root, val_split="test"))
+    with pytest.warns(RuntimeWarning, match="tune on the test identities"):
+        dm.setup("fit")
+    assert _identities(dm.train_dataset.clips) == _identities(dm._scan("train").clips)
+    assert _identities(dm.val_dataset.clips) == _identities(dm._scan("test").clips)

@@ -92,3 +92,22 @@ def test_masks_and_gaze_exact(golden):
     sub = torch.tensor(spec.subset_ids)
     assert torch.equal(i["driving_ldmk_669"][:, sub] * 2 - 1, i["driving_ldmk"])
     assert list(golden["meta"]["ldmk_idx"]) == spec.subset_ids
+
+
+def test_retargeting_keeps_the_source_face_shape_and_moves_it_by_the_driving_motion():
+    from mp_lightning.landmarks import retarget_landmarks
+
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(10, 2, generator=g) * 0.4 + 0.3
+    other_face = torch.rand(10, 2, generator=g) * 0.6 + 0.2  # another person, another size
+    motion = torch.zeros(3, 10, 2)
+    motion[1, :5, 1] = 0.05  # e.g. the mouth opens
+    motion[2] += torch.tensor([0.02, -0.01])  # the head moves
+    driving = other_face + motion
+    out = retarget_landmarks(source, driving, other_face)
+    torch.testing.assert_close(out[0], source)  # the driving person's face shape does not leak
+    size = lambda p: (p - p.mean(0)).square().sum(-1).mean().sqrt()  # noqa: E731
+    scale = size(source) / size(other_face)
+    torch.testing.assert_close(out - source, motion * scale)
+    # batched (B, K, 2) with one initial frame per sample, as in a cross-identity batch
+    torch.testing.assert_close(retarget_landmarks(source.expand(3, -1, -1), driving, other_face.expand(3, -1, -1)), out)

@@ -54,7 +54,7 @@ def test_import_deep3dfacerecon_mats_for_our_clips(tmp_path):
         np.testing.assert_allclose(np.load(clip.with_suffix(".semantics.npy")), sem, atol=1e-6)
     assert json.loads((root / "semantics.json").read_text())["kind"] == "deep3dfacerecon"
     dm = VoxCelebDataModule(dict(root=str(root), image_size=32, batch_size=1, num_workers=0, semantics=True,
-                                 augment_flip=False))
+                                 augment_flip=False, val_split="test"))
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["semantics_kind"] == ["deep3dfacerecon"]
 

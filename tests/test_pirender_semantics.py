@@ -99,9 +99,9 @@ def test_preprocess_semantics_follows_a_known_head_roll(tmp_path):
     from datamodules import VoxCelebDataModule
 
     dm = VoxCelebDataModule(dict(root=str(out), image_size=128, batch_size=1, num_workers=0, semantics=True,
-                                 augment_flip=False, test_split="train", val_split="train"))
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+                                 augment_flip=False, test_split="train"))
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
     assert batch["driving_semantics"].shape == (1, 73, 27) and batch["semantics_kind"] == ["mediapipe"]
     # a model of the mediapipe kind animates a clip without descriptor file: extracted on the fly with the
     # data root's PCA

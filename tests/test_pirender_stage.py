@@ -75,7 +75,8 @@ def test_scan_check_names_the_bad_descriptor_file(tmp_path):
                             test_fraction=0.5, workers=0)
     bad = sorted((tmp_path / "train").rglob("*.semantics.npy"))[0]
     np.save(bad, np.load(bad)[:-1])
-    cfg = dict(root=str(tmp_path), image_size=32, batch_size=1, num_workers=0, semantics=True, augment_flip=False)
+    cfg = dict(root=str(tmp_path), image_size=32, batch_size=1, num_workers=0, semantics=True, augment_flip=False,
+               val_split="test")
     with pytest.raises(DataError, match=rf"{bad.name} have 5 rows, the clip has 6 frames"):
         VoxCelebDataModule({**cfg, "strict": True}).setup("fit")
     with pytest.warns(RuntimeWarning, match=bad.name):

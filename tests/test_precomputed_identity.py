@@ -35,7 +35,7 @@ def _stage_and_batch(root: Path, *extra: str):
     cfg = compose(EXPERIMENTS / "metaportrait" / "refine_tiny.yaml", tiny_overrides(root, root / "runs", *extra))
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
+    batch = next(iter(dm.val_dataloader()[0]))
     torch.manual_seed(0)
     return build_stage(cfg, dm).eval(), batch
 

@@ -35,7 +35,7 @@ def test_fast_dev_run(tiny_data, tmp_path, experiment):
 def test_forward_contract_and_upscale_clip(tiny_data):
     _, stage, dm = _stage_and_data(tiny_data)
     stage.eval()
-    batch = next(iter(dm.val_dataloader()))
+    batch = next(iter(dm.val_dataloader()[0]))
     b, t, _, h, w = batch["frames"].shape
     with torch.no_grad():
         out = stage(batch)
@@ -99,7 +99,7 @@ def test_tiny_sr_beats_bicubic_after_short_cpu_training(tiny_data):
                                    "model.degradation.blur_sigma=[1.5,1.5]", "model.degradation.on_validation=true",
                                    "data.augment_flip=false")
     train = [b["frames"] for _, b in zip(range(4), dm.train_dataloader())]
-    val = [b["frames"] for b in dm.val_dataloader()]
+    val = [b["frames"] for b in dm.val_dataloader()[0]]
     opt = torch.optim.Adam([p for p in stage.generator.parameters() if p.requires_grad], lr=5e-4, betas=(0.9, 0.99))
     start = time.time()
     stage.train()

@@ -28,7 +28,7 @@ def test_forward_contract(tiny_data):
     cfg = compose(EXPERIMENTS / "metaportrait" / "refine_tiny.yaml", tiny_overrides(tiny_data, tiny_data / "runs"))
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
+    batch = next(iter(dm.val_dataloader()[0]))
     stage = build_stage(cfg, dm).eval()
     with torch.no_grad():
         out = stage(batch)

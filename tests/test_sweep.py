@@ -124,6 +124,18 @@ def test_local_grid_sweep_runs_trials_as_offline_wandb_runs(local_sweep):
 
 
 @pytest.mark.slow
+def test_sweep_trials_validate_on_training_identities_never_test_ones(local_sweep, tiny_data):
+    train = {p.name for p in (tiny_data / "train").iterdir() if p.is_dir()}
+    test = {p.name for p in (tiny_data / "test").iterdir() if p.is_dir()}
+    for trial in (t for t in local_sweep["state"]["trials"] if t["state"] == "finished"):
+        report = json.loads((Path(trial["run_dir"]) / "data_report.json").read_text())
+        validated = set(report["validation"]["identities"])
+        assert validated and validated <= train and not validated & test
+        assert report["validation"]["sets"] == ["self", "cross"]
+        assert any(key.startswith("val/cross/") for key in trial["metrics"])
+
+
+@pytest.mark.slow
 def test_trial_that_raises_is_recorded_and_the_sweep_goes_on(local_sweep):
     failed = local_sweep["state"]["trials"][1]
     assert failed["state"] == "failed" and failed["returncode"] != 0

@@ -122,3 +122,22 @@ def test_animate_with_super_resolution_writes_2x_video(tiny_data, tmp_path):
     assert main(["animate", "--checkpoint", str(base), "--sr-checkpoint", str(sr), "--source", str(clips[0]),
                  "--driving", str(clips[1]), "--out", str(out), "--device", "cpu", "--max-frames", "6"]) == 0
     assert read_video(out).shape == (6, 64, 64, 3)
+
+
+def test_a_checkpoint_evaluates_after_its_init_file_is_deleted(tiny_data, tmp_path):
+    """`load_stage` restores from the checkpoint alone: `model.init_from` is where training started, not a
+    file the checkpoint needs (a refine run started from a warp checkpoint, a meta run from a stage-2 one)."""
+    from mp_lightning.config.compose import compose
+    from mp_lightning.stages.base import load_stage, save_stage_checkpoint
+    from mp_lightning.training import build_datamodule, build_stage
+
+    refine = EXPERIMENTS / "metaportrait" / "refine_tiny.yaml"
+    warp_cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path))
+    warp_ckpt = save_stage_checkpoint(build_stage(warp_cfg, build_datamodule(warp_cfg)), tmp_path / "warp.ckpt")
+    cfg = compose(refine, tiny_overrides(tiny_data, tmp_path, f"model.init_from={warp_ckpt}"))
+    refine_ckpt = save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / "refine.ckpt")
+    warp_ckpt.unlink()
+    stage = load_stage(refine_ckpt)
+    assert stage.hparams["config"]["model"]["init_from"] == str(warp_ckpt)  # provenance kept
+    assert main(["eval", str(refine), *tiny_overrides(tiny_data, tmp_path, "name=ev", f"ckpt_path={refine_ckpt}")]) == 0
+    assert "test/lpips" in json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())["metrics"]

@@ -32,10 +32,10 @@ def _assert_same(drawn: dict, reference: dict) -> None:
 @pytest.mark.parametrize("mode", ["pairs", "cross_identity", "windows"])
 def test_worker_drawings_equal_prepare(tiny_data, mode):
     dm, stage = _setup(tiny_data, "warp_tiny.yaml", f"data.mode={mode}", "data.augment_flip=true")
-    plain = next(iter(dm.val_dataloader()))
+    plain = next(iter(dm.val_dataloader()[0]))
     assert not set(DERIVED_KEYS) & set(plain)
     connect_stage_and_data(stage, dm)
-    drawn = next(iter(dm.val_dataloader()))
+    drawn = next(iter(dm.val_dataloader()[0]))
     _assert_same(drawn, stage.prepare(plain))
     assert stage.prepare(drawn) is drawn  # nothing left for the training step to draw
 
@@ -56,9 +56,9 @@ def test_identity_task_drawings_equal_prepare(tiny_data):
 
     dm, meta = _setup(tiny_data, "meta_warp_tiny.yaml", "data.mode=identity_tasks", "data.support_frames=2",
                       "data.query_frames=3", "data.batch_size=2")
-    plain = next(iter(dm.val_dataloader()))
+    plain = next(iter(dm.val_dataloader()[0]))
     connect_stage_and_data(meta, dm)
-    drawn = next(iter(dm.val_dataloader()))
+    drawn = next(iter(dm.val_dataloader()[0]))
     assert drawn["support_driving_line"].shape == (2, 2, 3, 64, 64) and drawn["query_eye_mask"].shape == (2, 3, 1, 64, 64)
     inner = meta.inner
     for split in ("support", "query"):
@@ -74,9 +74,9 @@ def test_transform_runs_in_workers_and_pickles(tiny_data):
     transform = stage.sample_transform()
     clone = pickle.loads(pickle.dumps(transform))  # spawn-started workers receive it pickled
     connect_stage_and_data(stage, dm)
-    drawn = next(iter(dm.val_dataloader()))  # drawn in a worker process
+    drawn = next(iter(dm.val_dataloader()[0]))  # drawn in a worker process
     dm.set_sample_transform(None)
-    plain = next(iter(dm.val_dataloader()))
+    plain = next(iter(dm.val_dataloader()[0]))
     _assert_same(drawn, stage.prepare(plain))
     # same memory layout too, so the refinement network's outputs are identical, not only its inputs
     assert all(drawn[k].is_contiguous() and stage.prepare(plain)[k].is_contiguous() for k in DERIVED_KEYS)

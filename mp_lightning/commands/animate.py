@@ -19,6 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--driving-semantics", default=None,
                         help="PIRender: the driving motion descriptors, float32 (T, 73) .npy (default: "
                              "DRIVING.semantics.npy beside the clip)")
+    parser.add_argument("--source-identity", default=None,
+                        help="precomputed identity embedding (.npy) for checkpoints that condition on one, e.g. the "
+                             "official MetaPortrait weights; default: SOURCE.identity.npy beside the source when present")
     parser.add_argument("--relative", action=__import__("argparse").BooleanOptionalAction, default=True,
                         help="FOMM: relative motion with adapt_movement_scale (default) or absolute motion")
 
@@ -29,7 +32,7 @@ def run(args) -> int:
     import torch
 
     from mp_lightning import load_stage
-    from mp_lightning.inputs import load_driving, load_source
+    from mp_lightning.inputs import load_driving, load_source, load_source_inputs
     from mp_lightning.video import write_video
 
     stage = load_stage(args.checkpoint, map_location=resolve_device(args.device))
@@ -37,6 +40,9 @@ def run(args) -> int:
     source, source_landmarks = load_source(args.source, size=size, frame=args.source_frame)
     driving, driving_landmarks = load_driving(args.driving, size=size, max_frames=args.max_frames)
     kwargs = {"batch_size": args.batch_size, "progress": True}
+    extra = load_source_inputs(stage, args.source, args.source_identity)
+    if extra:
+        kwargs["extra"] = extra
     if stage.hparams["config"]["stage"] == "fomm":
         kwargs["relative"] = args.relative
     if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)

@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
                         help="false: random face embedder (offline smoke runs only)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--source-identity", default=None,
+                        help="precomputed identity (.npy) for checkpoints that condition on one (the official weights); "
+                             "default: VIDEO.identity.npy beside the clip when present")
 
 
 def run(args) -> int:
@@ -45,7 +48,7 @@ def run(args) -> int:
         stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every, lr=args.lr,
         warp_lr_multiplier=args.warp_lr_multiplier, batch_size=args.batch_size, max_eval_frames=args.max_eval_frames,
         lpips_pretrained=args.lpips_pretrained == "true", identity_pretrained=args.identity_pretrained == "true",
-        seed=args.seed,
+        seed=args.seed, source_identity=args.source_identity,
     )
     first = {k: round(v[0], 4) for k, v in curve["metrics"].items()}
     last = {k: round(v[-1], 4) for k, v in curve["metrics"].items()}

@@ -38,7 +38,10 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    type: str = "wandb"  # wandb | csv | none
+    type: str = "wandb"  # wandb | tensorboard | csv | none
+    # also write csv/metrics.csv beside a wandb or tensorboard logger: `mp-lightning report` reads it, so an
+    # air-gapped run can be looked at without a W&B account or `wandb sync`
+    local_csv: bool = True
     project: str = "mp-lightning"
     entity: Optional[str] = None
     mode: str = "offline"  # offline (no account; `wandb sync` later) | online | disabled

@@ -61,7 +61,8 @@ class Stage(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self(batch)
         target = batch.get("driving")
-        if target is not None and "prediction" in out and not batch.get("cross_identity", False):
+        # a cross-identity batch has no ground truth: its driving frames show another person
+        if target is not None and "prediction" in out and "driving_identity" not in batch:
             self.log("val/l1", (out["prediction"] - target).abs().mean(), prog_bar=True, sync_dist=True,
                      batch_size=target.shape[0], add_dataloader_idx=False)
         return detached(out)
@@ -81,6 +82,17 @@ class Stage(L.LightningModule):
         The stage must still accept batches without those keys (it derives them itself then).
         """
         return None
+
+    @property
+    def cross_identity_protocol(self) -> str:
+        """How this stage is driven by another person's frame (recorded beside cross-identity results);
+        a cross-identity batch also carries the driving clip's first frame (`driving_initial`)."""
+        return "driving frame as given (absolute)"
+
+    def source_inputs(self) -> tuple[str, ...]:
+        """Per-source batch keys this stage needs beyond the image and its landmarks (e.g. a precomputed
+        `source_identity`): `mp_lightning.inputs.load_source_inputs` finds them for animate, personalize, compare."""
+        return ()
 
     def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
         """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
@@ -205,10 +217,29 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
             f"official checkpoints are converted with `mp-lightning import-checkpoint`"
         )
     cls = stage_class(hp["config"]["stage"])
-    module = cls(config=hp["config"], landmark_spec=hp.get("landmark_spec"))
+    # the checkpoint already holds what the init files gave at the start of training: building with them
+    # would re-read files that may since have moved (and be overwritten by the state dict anyway)
+    module = cls(config=without_init_files(hp["config"]), landmark_spec=hp.get("landmark_spec"))
+    module.hparams["config"] = module.experiment_config = hp["config"]  # provenance kept for the next save
     load_state_dict_checked(module, ckpt["state_dict"], source=str(path))
     module.to(map_location)
     return module.eval() if eval_mode else module
+
+
+#: model config keys that only say where training started (read once, in `__init__`)
+INIT_ONLY_KEYS = frozenset({"init_from", "init_gfpgan"})
+
+
+def without_init_files(config: dict) -> dict:
+    """A copy of an experiment config with every init-only key (at any depth of `model`) set to None."""
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: None if k in INIT_ONLY_KEYS else strip(v) for k, v in node.items()}
+        return node
+
+    config = dict(config)
+    config["model"] = strip(config.get("model") or {})
+    return config
 
 
 def load_state_dict_checked(module: torch.nn.Module, state: dict, source: str, strict: bool = True) -> None:

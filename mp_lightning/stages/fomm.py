@@ -138,11 +138,26 @@ class FOMMStage(Stage):
         return stage.eval()
 
     # --- inference ------------------------------------------------------------------------------------
+    @property
+    def cross_identity_protocol(self) -> str:
+        if self.hp.relative:
+            scale = ", adapted scale" if self.hp.adapt_movement_scale else ""
+            return f"relative keypoints from the driving clip's first frame{scale} (FOMM demo)"
+        return "absolute keypoints"
+
     def forward(self, batch: dict) -> dict:
+        """Absolute motion (the reconstruction protocol: the source's own video); a cross-identity batch,
+        which carries the driving clip's first frame, moves the source keypoints relative to it (model.relative,
+        FOMM's published protocol for another person's motion)."""
         source, driving = batch["source"], batch["driving"]
         kp_source = self.kp_detector(source)
         kp_driving = self.kp_detector(driving)
-        out = self.generator(source, kp_driving=kp_driving, kp_source=kp_source)
+        if "driving_initial" in batch and self.hp.relative:
+            kp_motion = transfer_motion(kp_source, kp_driving, self.kp_detector(batch["driving_initial"]),
+                                        mode="relative", adapt_movement_scale=self.hp.adapt_movement_scale)
+            out = self.generator(source, kp_driving=kp_motion, kp_source=kp_source)
+        else:
+            out = self.generator(source, kp_driving=kp_driving, kp_source=kp_source)
         out["kp_source"], out["kp_driving"] = kp_source["value"], kp_driving["value"]
         if "jacobian" in kp_driving:
             out["kp_source_jacobian"], out["kp_driving_jacobian"] = kp_source["jacobian"], kp_driving["jacobian"]

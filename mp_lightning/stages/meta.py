@@ -283,6 +283,13 @@ class MetaLearningModule(Stage):
     def animate(self, *args, **kwargs):
         return self.inner.animate(*args, **kwargs)
 
+    def source_inputs(self) -> tuple[str, ...]:
+        return self.inner.source_inputs()
+
+    @property
+    def cross_identity_protocol(self) -> str:
+        return self.inner.cross_identity_protocol
+
     # --- Reptile -----------------------------------------------------------------------------------
     def meta_groups(self) -> list[dict]:
         return inner_param_groups(self.inner, self.hp.inner_warp_lr_multiplier)

@@ -101,6 +101,9 @@ class RefineStage(MetaPortraitStage):
     def trains_discriminator(self) -> bool:
         return self.hp.losses.discriminator_gan > 0
 
+    def source_inputs(self) -> tuple[str, ...]:
+        return ("source_identity",) if self.hp.identity.source == "precomputed" else ()
+
     # --- forward ------------------------------------------------------------------------------------
     def source_identity(self, batch: dict) -> torch.Tensor:
         """(B, identity_dim) vector that conditions the refinement network's identity branch.

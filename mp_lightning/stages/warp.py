@@ -44,6 +44,9 @@ class WarpStageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     landmarks: Optional[str] = None  # a preset (official669) instead of the data's landmarks.json
     init_from: Optional[str] = None  # start from this checkpoint's weights (any mp-lightning checkpoint)
+    # cross-identity (a batch with the driving clip's first frame, or `animate`): draw the driving landmarks
+    # moved onto the source's face shape (`landmarks.retarget_landmarks`); false = as detected
+    retarget_landmarks: bool = True
 
 
 class MetaPortraitStage(Stage):
@@ -107,14 +110,21 @@ class MetaPortraitStage(Stage):
                     f"'{key}' has {batch[key].shape[-2]} points per frame but this model was trained on the "
                     f"landmark set '{spec.name}' with {spec.num_points}: use landmarks from the same detector"
                 )
-        return metaportrait_inputs(batch, self.landmark_spec, size=self.hp.net.image_size)
+        return metaportrait_inputs(batch, self.landmark_spec, size=self.hp.net.image_size,
+                                   retarget=self.hp.retarget_landmarks)
 
     def sample_transform(self):
         """Line images, eye/mouth masks and gaze points drawn per sample in the DataLoader workers (the
         official loader's place for them); `prepare` then finds them in the batch and does nothing."""
         from mp_lightning.landmarks import MetaPortraitSampleInputs
 
-        return MetaPortraitSampleInputs(self.landmark_spec, self.hp.net.image_size)
+        return MetaPortraitSampleInputs(self.landmark_spec, self.hp.net.image_size, retarget=self.hp.retarget_landmarks)
+
+    @property
+    def cross_identity_protocol(self) -> str:
+        if self.hp.retarget_landmarks:
+            return "landmarks retargeted to the source face (relative to the driving clip's first frame, scale-adapted)"
+        return "driving landmarks as detected (absolute; carries the driving face shape)"
 
     # --- warping ------------------------------------------------------------------------------------
     def warp(self, batch: dict) -> dict:
@@ -149,11 +159,19 @@ class MetaPortraitStage(Stage):
                 "interval": "epoch"}
 
     # --- animation ----------------------------------------------------------------------------------
-    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs):
+    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, retarget: bool | None = None,
+                **kwargs):
+        """`retarget` (default: model.retarget_landmarks): the driving landmarks move the source's face relative
+        to the first driving frame (another person's face shape stays theirs); false: drawn as detected."""
         if driving_landmarks is None or source_landmarks is None:
             from mp_lightning.errors import DataError
 
             raise DataError("MetaPortrait animation needs source and driving landmarks")
+        if self.hp.retarget_landmarks if retarget is None else retarget:
+            from mp_lightning.landmarks import retarget_landmarks
+
+            source_landmarks = source_landmarks.reshape(*source_landmarks.shape[-2:])
+            driving_landmarks = retarget_landmarks(source_landmarks, driving_landmarks, driving_landmarks[:1])
         return super().animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
 
 
