@@ -86,8 +86,6 @@ CASES = {
     "fomm": ("baselines/fomm_tiny.yaml", ["model.losses.equivariance_value=0", "model.losses.equivariance_jacobian=0"]),
     "fomm_gan": ("baselines/fomm_tiny.yaml", ["model.losses.equivariance_value=0", "model.losses.equivariance_jacobian=0",
                                              "model.losses.generator_gan=1"]),
-    # step 0 in the warp-only phase, step 1 in the full phase with the second optimiser
-    "pirender": ("baselines/pirender_tiny.yaml", ["model.warp_steps=1"]),
 }
 
 
