@@ -662,6 +662,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         sample = {"source": images[0], "driving": images, "clip": clip.name}
         if lms is not None:
             sample["source_landmarks"], sample["driving_landmarks"] = lms[0], lms
-        if self.config.semantics:
-            sample["semantics"] = torch.from_numpy(np.asarray(np.load(clip.semantics_path), dtype=np.float32))
+        if self.config.semantics:  # the clip's per-frame motion descriptors (T, 73)
+            sem = np.load(clip.semantics_path, mmap_mode="r")[: len(indices)]
+            sample["driving_semantics"] = torch.from_numpy(np.asarray(sem, dtype=np.float32))
         return sample

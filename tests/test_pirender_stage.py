@@ -235,3 +235,14 @@ def test_cross_identity_animation_takes_the_source_crop_ratio(stage_and_batch, m
     expected = driving.copy()
     expected[:, 70] *= 0.60 / 0.46
     np.testing.assert_allclose(seen["w"].numpy(), semantic_windows(expected, 13), rtol=1e-6)
+
+
+def test_csv_run_writes_the_validation_clip(tiny_data, tmp_path):
+    """The media callback animates PIRender with the validation clip's descriptors."""
+    from mp_lightning.cli import main
+
+    assert main(["train", str(TINY), *tiny_overrides(
+        tiny_data, tmp_path, "name=pir_media", "logger.type=csv", "trainer.max_steps=2", "data.samples_per_epoch=2",
+        "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1", "callbacks.media.video_frames=4")]) == 0
+    assert list((tmp_path / "pir_media" / "media").glob("val_clip_step*.mp4"))
+    assert "val/lpips" in (tmp_path / "pir_media" / "csv" / "metrics.csv").read_text()

@@ -216,6 +216,11 @@ class PIRenderStage(Stage):
         self._sync_ema_if_adapted()
         return super().state_dict(*args, **kwargs)
 
+    @property
+    def cross_identity_protocol(self) -> str:
+        return ("driving descriptor windows as given (absolute; the official --cross_id also rescales the crop "
+                "ratio to the source's, which `animate` does)")
+
     def forward(self, batch: dict) -> dict:
         self.check_semantics(batch, "driving_semantics")
         out = self.render(self.inference_net(), batch["source"], batch["driving_semantics"], self.uses_editing)
