@@ -32,6 +32,8 @@ CASES = {
     "refine_official": (EXP / "metaportrait/refine.yaml", OFFLINE + ["model.identity.pretrained=false"]),
     "fomm_tiny": (EXP / "baselines/fomm_tiny.yaml", []),
     "fomm_official": (EXP / "baselines/fomm_vox256.yaml", OFFLINE),
+    "pirender_tiny": (EXP / "baselines/pirender_tiny.yaml", ["model.warp_steps=0"]),  # full-phase steps
+    "pirender_official": (EXP / "baselines/pirender_face.yaml", OFFLINE + ["model.warp_steps=0"]),
     "sr_tiny": (EXP / "metaportrait/sr_tiny.yaml", []),
     "sr_official": (EXP / "metaportrait/sr.yaml", OFFLINE),
 }

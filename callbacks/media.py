@@ -81,9 +81,12 @@ class MediaCallback(L.Callback):
         sample = clip(num_frames=self.video_frames)
         if sample is None:
             return
+        # a stage driven by inputs of its own (PIRender's motion descriptors) gets the clip's
+        extra = ({"driving_semantics": sample["driving_semantics"]}
+                 if "driving_semantics" in sample and hasattr(pl_module, "animation_inputs") else {})
         with torch.no_grad():
             frames = animate(sample["source"], sample["driving"], sample.get("driving_landmarks"),
-                             sample.get("source_landmarks"))
+                             sample.get("source_landmarks"), **extra)
         driving = sample["driving"].to(frames.device)
         source = sample["source"].to(frames.device).expand_as(frames)
         side_by_side = torch.cat([source, driving, frames], dim=3)

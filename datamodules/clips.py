@@ -34,6 +34,7 @@ class ClipInfo:
     width: int
     landmarks_path: str | None = None
     identity_path: str | None = None
+    semantics_path: str | None = None  # <clip>.semantics.npy, checked and set when data.semantics is on
     frame_files: tuple = field(default_factory=tuple)  # sorted frame image names ("frames" clips)
 
 

@@ -37,6 +37,8 @@ class DataConfig:
     test_split: str = "test"  # sub-folder used for test / evaluation
     strict: bool = False  # any bad clip found by the setup scan raises DataError instead of being left out
     use_landmarks: bool = True  # read <clip>.landmarks.npy (a clip without one is bad); False = no landmark keys
+    semantics: bool = False  # read <clip>.semantics.npy: adds source_semantics / driving_semantics (B, 73, 2r+1) windows
+    semantic_radius: int = 13  # r: frames each side of the centre frame in a descriptor window (PIRender: 13)
     landmark_subset: Optional[str] = None  # a subset declared in landmarks.json (e.g. sparse68 for the sparse ablation)
     landmark_margin: float = 0.25  # landmarks may lie this far outside [0, 1] (faces at the frame edge)
     reader_cache_size: int = 16  # open video readers kept per process (LRU; ~6 MB each at 256 px)

@@ -16,6 +16,8 @@ Layout written by :func:`write_synthetic_dataset`::
     OUT/{train,test}/<identity>/<video>/<clip>.landmarks.npy
     OUT/{train,test}/<identity>#<video>#<clip>/<frame:07d>.png   (layout "vox-png", FOMM's)
     OUT/{train,test}/<identity>#<video>#<clip>.landmarks.npy
+    OUT/semantics.json and <clip>.semantics.npy beside each landmarks file: the exact motion
+    descriptors of every frame (PIRender's input, see :mod:`datamodules.semantics`)
 """
 from __future__ import annotations
 
@@ -565,12 +567,16 @@ def _write_clip(job: _ClipJob) -> str:
     lms = np.empty((job.frames, NUM_POINTS, 2), np.float32)
     for f in range(job.frames):
         frames[f], lms[f] = render_frame(ident, motion, f, job.size, bg)
+    from datamodules.semantics import synthetic_semantics
+
+    semantics = synthetic_semantics(motion, job.size)
     split_dir = Path(job.out) / job.split
     if job.layout == "vox":
         clip_dir = split_dir / job.identity / job.video
         clip_dir.mkdir(parents=True, exist_ok=True)
         encode_mp4(clip_dir / f"{job.clip}.mp4", frames, job.gop, job.crf)
         np.save(clip_dir / f"{job.clip}.landmarks.npy", lms)
+        np.save(clip_dir / f"{job.clip}.semantics.npy", semantics)
         return f"{job.split}/{job.identity}/{job.video}/{job.clip}"
     name = f"{job.identity}#{job.video}#{job.clip}"
     clip_dir = split_dir / name
@@ -578,6 +584,7 @@ def _write_clip(job: _ClipJob) -> str:
     for f in range(job.frames):
         cv2.imwrite(str(clip_dir / f"{f:07d}.png"), frames[f][..., ::-1])
     np.save(split_dir / f"{name}.landmarks.npy", lms)
+    np.save(split_dir / f"{name}.semantics.npy", semantics)
     return f"{job.split}/{name}"
 
 
@@ -636,6 +643,9 @@ def write_synthetic_dataset(
             written = pool.map(_write_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
     spec = landmark_spec()
     (out / "landmarks.json").write_text(json.dumps(spec, indent=1) + "\n")
+    from datamodules.semantics import write_semantics_description
+
+    write_semantics_description(out, "synthetic", note="exact generating parameters, see datamodules.semantics")
     return {
         "root": str(out),
         "clips": written,

@@ -24,6 +24,11 @@ Every mode adds ``source_identity`` (B, D) when every clip of the split has a
 declares which embedding the files hold (e.g. "facenet-vggface2"; see
 :func:`datamodules.clips.load_identity_description`).
 
+With ``data.semantics`` every mode adds motion-descriptor windows (float32 ``(73, 2r+1)`` per frame,
+see :mod:`datamodules.semantics`): source_semantics and driving_semantics (B, 73, 2r+1) (identity_tasks:
+source_semantics and {support,query}_driving_semantics (B, S|Q, 73, 2r+1)), and semantics_kind
+(list[str]) when ``ROOT/semantics.json`` declares the extractor.
+
 A stage's per-sample transform (:meth:`VoxCelebDataModule.set_sample_transform`) adds its own keys
 in the workers, e.g. MetaPortrait's source_line, driving_line, eye_mask, mouth_mask and
 gaze_points (for ``identity_tasks``: source_line and ``{support,query}_driving_line`` etc.).
@@ -61,6 +66,7 @@ from datamodules.clips import (
     write_report,
 )
 from datamodules.config import MODES, DataConfig
+from datamodules.semantics import attach_semantics, load_semantics_description, semantic_window
 from mp_lightning.errors import DataError
 
 
@@ -97,6 +103,7 @@ class ClipSampleDataset(Dataset):
         self.rank = 0  # set by the DataModule so DDP ranks draw different training streams
         self.epoch_seed = 0  # bumped by the DataModule each epoch (persistent workers keep their stream)
         self.identity_description: dict | None = None  # what the .identity.npy files hold (set by the DataModule)
+        self.semantics_description: dict | None = None  # ROOT/semantics.json (set by the DataModule)
         self.with_identity = bool(clips) and all(c.identity_path for c in clips)
         self._identities: dict[str, list[int]] = {}
         for i, c in enumerate(clips):
@@ -219,11 +226,18 @@ class ClipSampleDataset(Dataset):
             item["source_identity_kind"] = desc["kind"]
         item["source_identity"] = torch.from_numpy(vector)
 
-    def _put(self, item: dict, prefix: str, images, lms, indices) -> None:
+    def _put(self, item: dict, prefix: str, images, lms, indices, clip: ClipInfo | None = None) -> None:
         item[prefix] = images
         if lms is not None:
             item[f"{prefix}_landmarks"] = lms
         item[f"{prefix}_index"] = torch.as_tensor(indices, dtype=torch.long)
+        if self.config.semantics and clip is not None:
+            arr = np.load(clip.semantics_path, mmap_mode="r")
+            r = self.config.semantic_radius
+            windows = [semantic_window(arr, i, r) for i in np.atleast_1d(indices)]
+            item[f"{prefix}_semantics"] = torch.from_numpy(windows[0] if np.ndim(indices) == 0 else np.stack(windows))
+            if self.semantics_description is not None:
+                item["semantics_kind"] = self.semantics_description["kind"]
 
     def _pick_clip(self, unit: int, rng: np.random.Generator) -> int:
         if self._usable(unit):
@@ -244,8 +258,8 @@ class ClipSampleDataset(Dataset):
             images, lms = self._read(clip, idx)
             item["frames"] = images
             item["frame_indices"] = torch.as_tensor(idx, dtype=torch.long)
-            self._put(item, "source", images[0], None if lms is None else lms[0], idx[0])
-            self._put(item, "driving", images[-1], None if lms is None else lms[-1], idx[-1])
+            self._put(item, "source", images[0], None if lms is None else lms[0], idx[0], clip)
+            self._put(item, "driving", images[-1], None if lms is None else lms[-1], idx[-1], clip)
             if lms is not None:
                 item["frames_landmarks"] = lms
         elif self.mode == "pairs":
@@ -259,8 +273,8 @@ class ClipSampleDataset(Dataset):
             else:
                 idx = [int(i) for i in rng.choice(n, 2, replace=False)]
             images, lms = self._read(clip, idx)
-            self._put(item, "source", images[0], None if lms is None else lms[0], idx[0])
-            self._put(item, "driving", images[1], None if lms is None else lms[1], idx[1])
+            self._put(item, "source", images[0], None if lms is None else lms[0], idx[0], clip)
+            self._put(item, "driving", images[1], None if lms is None else lms[1], idx[1], clip)
         else:  # cross_identity
             others = [name for name in self.identity_names if name != clip.identity]
             other = others[int(rng.integers(len(others)))]
@@ -269,8 +283,8 @@ class ClipSampleDataset(Dataset):
             s, t = int(rng.integers(n)), int(rng.integers(dclip.num_frames))
             simg, slm = self._read(clip, [s])
             dimg, dlm = self._read(dclip, [0, t])
-            self._put(item, "source", simg[0], None if slm is None else slm[0], s)
-            self._put(item, "driving", dimg[1], None if dlm is None else dlm[1], t)
+            self._put(item, "source", simg[0], None if slm is None else slm[0], s, clip)
+            self._put(item, "driving", dimg[1], None if dlm is None else dlm[1], t, dclip)
             # the driving clip's first frame: the reference of relative motion (FOMM) and retargeting
             item["driving_initial"] = dimg[0]
             if dlm is not None:
@@ -317,11 +331,15 @@ class ClipSampleDataset(Dataset):
         src_img, src_lm = take(source_clip)
         clip = self.clips[source_clip]
         item: dict = {"clip": clip.name, "identity": clip.identity}
-        self._put(item, "source", src_img, src_lm, source_frame)
+        self._put(item, "source", src_img, src_lm, source_frame, clip)
         for prefix, part in (("support_driving", chosen[: cfg.support_frames]), ("query_driving", chosen[cfg.support_frames :])):
             got = [take(c) for c, _ in part]
             lm = None if src_lm is None else torch.stack([g[1] for g in got])
             self._put(item, prefix, torch.stack([g[0] for g in got]), lm, [f for _, f in part])
+            if cfg.semantics:
+                r = cfg.semantic_radius
+                item[f"{prefix}_semantics"] = torch.from_numpy(np.stack(
+                    [semantic_window(np.load(self.clips[c].semantics_path, mmap_mode="r"), f, r) for c, f in part]))
         if self.with_identity:
             self._put_identity(item, clip)
         return item
@@ -362,6 +380,11 @@ def task_pairs(batch: dict, task_index: int, split: str) -> dict:
         out["source_identity"] = batch["source_identity"][task_index].unsqueeze(0).repeat(n, 1)
     if "source_identity_kind" in batch:
         out["source_identity_kind"] = [batch["source_identity_kind"][task_index]] * n
+    if "source_semantics" in batch:
+        out["source_semantics"] = batch["source_semantics"][task_index].unsqueeze(0).repeat(n, 1, 1)
+        out["driving_semantics"] = batch[f"{split}_driving_semantics"][task_index]
+    if "semantics_kind" in batch:
+        out["semantics_kind"] = [batch["semantics_kind"][task_index]] * n
     # inputs a stage's sample transform derived in the workers (e.g. MetaPortrait's landmark drawings)
     if "source_line" in batch:
         out["source_line"] = batch["source_line"][task_index].unsqueeze(0).repeat(n, 1, 1, 1)
@@ -410,6 +433,9 @@ class VoxCelebDataModule(L.LightningDataModule):
             raise DataError("data.window_length must be >= 1")
         if cfg.mode == "identity_tasks" and (cfg.support_frames < 1 or cfg.query_frames < 1):
             raise DataError("data.support_frames and data.query_frames must be >= 1")
+        if cfg.semantics and cfg.augment_flip:
+            raise DataError("data.augment_flip mirrors the images but not the motion descriptors of data.semantics: "
+                            "set data.augment_flip=false")
         if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.val_samples_per_clip < 1:
             raise DataError("data.batch_size, data.image_size (>= 8) and data.val_samples_per_clip must be positive")
         self.report_dir = None if report_dir is None else str(report_dir)
@@ -417,6 +443,8 @@ class VoxCelebDataModule(L.LightningDataModule):
         self._subset: list[int] | None = None  # point ids kept by data.landmark_subset
         self._spec = self._full_spec
         self._identity_description = load_identity_description(cfg.root) if Path(cfg.root).is_dir() else None
+        self._semantics_description = (load_semantics_description(cfg.root)
+                                       if cfg.semantics and Path(cfg.root).is_dir() else None)
         if cfg.landmark_subset:
             self._subset, self._spec = subset_landmark_spec(self._full_spec, cfg.landmark_subset, cfg.root)
         self.scans: dict[str, SplitScan] = {}
@@ -469,6 +497,8 @@ class VoxCelebDataModule(L.LightningDataModule):
         elif self._full_spec and self._full_spec.get("preset") == "official669":
             num_points = 669
         scan = scan_split(cfg.root, split, min_frames_for(cfg), cfg.use_landmarks, num_points, cfg.landmark_margin)
+        if cfg.semantics:
+            attach_semantics(scan)
         self.scans[split] = scan
         self._write_report()
         if scan.bad or scan.empty_identity_folders:
@@ -540,6 +570,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         dataset.landmark_subset = None if self._subset is None else np.asarray(self._subset)
         dataset.sample_transform = self.sample_transform
         dataset.identity_description = self._identity_description
+        dataset.semantics_description = self._semantics_description
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
@@ -631,4 +662,7 @@ class VoxCelebDataModule(L.LightningDataModule):
         sample = {"source": images[0], "driving": images, "clip": clip.name}
         if lms is not None:
             sample["source_landmarks"], sample["driving_landmarks"] = lms[0], lms
+        if self.config.semantics:  # the clip's per-frame motion descriptors (T, 73)
+            sem = np.load(clip.semantics_path, mmap_mode="r")[: len(indices)]
+            sample["driving_semantics"] = torch.from_numpy(np.asarray(sem, dtype=np.float32))
         return sample

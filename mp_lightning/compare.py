@@ -72,6 +72,7 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
+    descriptors: dict[str, str] = {}  # method -> motion-descriptor kind, for the methods driven by one
     configs = {}
     for m in methods:
         configs[m.name] = compose(m.experiment, [f"ckpt_path={m.checkpoint}", f"name={m.name}",
@@ -82,11 +83,15 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
         print(f"== {m.name}: {m.experiment} @ {m.checkpoint}")
         result = run_evaluation(configs[m.name])
         rows[m.name], protocols[m.name] = result["metrics"], result["cross_identity_protocol"]
+        if result.get("descriptor"):
+            descriptors[m.name] = result["descriptor"]
     metrics = sorted({k for r in rows.values() for k in r})
     (out_dir / "compare.csv").write_text(_csv(rows, metrics, protocols))
-    (out_dir / "compare.md").write_text(_markdown(rows, metrics, protocols))
+    notes = "".join(f"\n{name}: driven by {kind} motion descriptors\n" for name, kind in descriptors.items())
+    (out_dir / "compare.md").write_text(_markdown(rows, metrics, protocols) + notes)
     (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows,
-                                                      "cross_identity_protocol": protocols}, indent=2))
+                                                      "cross_identity_protocol": protocols,
+                                                      "descriptors": descriptors}, indent=2))
     video = (compare_video(methods, configs, out_dir / "compare.mp4", video_frames, source_identity)
              if video_frames > 0 else None)
     _log_wandb(rows, metrics, out_dir, video, wandb_mode)
@@ -134,6 +139,8 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         extra = load_source_inputs(stage, clips[0], source_identity)
         if extra:
             kwargs["extra"] = extra
+        if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
+            kwargs.update(stage.animation_inputs(source=clips[0], driving=clips[-1]))
         frames = stage.animate(source, driving, driving_lm, source_lm, **kwargs)
         if not columns:
             columns = [source[None].expand_as(frames), driving]

@@ -53,7 +53,11 @@ def load_clip(video: str | Path, image_size: int) -> dict:
     images = torch.from_numpy(frames[:n]).permute(0, 3, 1, 2).float() / 255.0
     if images.shape[-1] != image_size or images.shape[-2] != image_size:
         images = F.interpolate(images, size=(image_size, image_size), mode="area")
-    return {"frames": images, "landmarks": torch.from_numpy(landmarks[:n]), "fps": fps}
+    out = {"frames": images, "landmarks": torch.from_numpy(landmarks[:n]), "fps": fps}
+    semantics_path = video.with_suffix(".semantics.npy")  # motion descriptors (F, 73), when the clip has them
+    if semantics_path.is_file():
+        out["semantics"] = torch.from_numpy(np.load(semantics_path).astype(np.float32)[:n])
+    return out
 
 
 def _image_size(stage) -> int:
@@ -72,10 +76,12 @@ class Evaluator:
         if identity:
             self.metrics["identity"] = IdentitySimilarity(pretrained=identity_pretrained)
 
-    def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8, extra: dict | None = None) -> dict:
+    def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8, extra: dict | None = None,
+                 **animate_inputs) -> dict:
         was_training = stage.training
         stage.eval()
-        preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size, **({"extra": extra} if extra else {}))
+        preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size,
+                              **({"extra": extra} if extra else {}), **animate_inputs)
         stage.train(was_training)
         values = {}
         for name, metric in self.metrics.items():
@@ -124,8 +130,13 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     curve = {"video": str(video), "fps": fps, "seconds_of_video": seconds, "train_frames": n_train,
              "eval_frames": int(len(held)), "steps": [], "train_seconds": [], "metrics": {}, "loss": []}
 
+    # inputs a stage derives from the clip beyond frames and landmarks (PIRender's descriptor windows):
+    # (extra batch keys, extra `animate` arguments)
+    clip_inputs = getattr(stage, "clip_inputs", None)
+    held_animate = clip_inputs(clip, 0, held)[1] if clip_inputs else {}
+
     def evaluate(step: int, elapsed: float) -> None:
-        values = evaluator(stage, source, source_lm, frames[held], landmarks[held], extra=extra)
+        values = evaluator(stage, source, source_lm, frames[held], landmarks[held], extra=extra, **held_animate)
         curve["steps"].append(step)
         curve["train_seconds"].append(elapsed)
         for k, v in values.items():
@@ -147,6 +158,8 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
             "driving": frames[idx].to(device), "driving_landmarks": landmarks[idx].to(device),
             **{k: v.expand(batch_size, *v.shape[1:]).to(device) for k, v in extra.items()},
         }
+        if clip_inputs:
+            batch.update({k: v.to(device) for k, v in clip_inputs(clip, 0, idx)[0].items()})
         start = time.perf_counter()
         loss = adapt(stage, batch, 1, optimizer, params, grad_clip)[0]
         elapsed += time.perf_counter() - start

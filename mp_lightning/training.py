@@ -312,10 +312,14 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     metrics_cb.set_names = {"test": data.test_set_names}
     trainer.test(stage, dataloaders=data.dataloaders())
     results = dict(sorted(metrics_cb.last_results.items()))
+    # a model driven by motion descriptors says which extractor's (results of different kinds are not comparable)
+    descriptor = getattr(stage.hp, "descriptor", None)
     if trainer.is_global_zero:
-        (eval_dir / "metrics.json").write_text(json.dumps(
-            {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results,
-             "cross_identity_protocol": stage.cross_identity_protocol}, indent=2))
+        summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results,
+                   "cross_identity_protocol": stage.cross_identity_protocol}
+        if descriptor:
+            summary["descriptor"] = descriptor
+        (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
         if wandb_logger(logger) is not None:
             import wandb
@@ -323,7 +327,8 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
             wandb_logger(logger).experiment.log({"test/metrics_table": wandb.Table(
                 columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol}
+    return {"eval_dir": str(eval_dir), "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol,
+            "descriptor": descriptor}
 
 
 def metrics_markdown(results: dict, title: str = "") -> str:

@@ -16,6 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--sr-checkpoint", default=None, help="temporal super-resolution checkpoint: write 2x video")
+    parser.add_argument("--driving-semantics", default=None,
+                        help="PIRender: the driving motion descriptors, float32 (T, 73) .npy (default: "
+                             "DRIVING.semantics.npy beside the clip)")
     parser.add_argument("--source-identity", default=None,
                         help="precomputed identity embedding (.npy) for checkpoints that condition on one, e.g. the "
                              "official MetaPortrait weights; default: SOURCE.identity.npy beside the source when present")
@@ -42,6 +45,9 @@ def run(args) -> int:
         kwargs["extra"] = extra
     if stage.hparams["config"]["stage"] == "fomm":
         kwargs["relative"] = args.relative
+    if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
+        kwargs.update(stage.animation_inputs(source=args.source, driving=args.driving,
+                                             driving_semantics=args.driving_semantics, source_frame=args.source_frame))
     frames = stage.animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
     if args.sr_checkpoint:
         sr = load_stage(args.sr_checkpoint, map_location=resolve_device(args.device))

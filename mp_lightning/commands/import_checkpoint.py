@@ -1,14 +1,14 @@
 NAME = "import-checkpoint"
-HELP = "Convert an official checkpoint (metaportrait, metaportrait-sr, fomm) into an mp-lightning checkpoint"
+HELP = "Convert an official checkpoint (metaportrait, metaportrait-sr, fomm, pirender) into an mp-lightning checkpoint"
 
 
 def add_arguments(parser):
-    parser.add_argument("family", help="which official release the file comes from: metaportrait | metaportrait-sr | fomm")
+    parser.add_argument("family", help="which official release the file comes from: metaportrait | metaportrait-sr | fomm | pirender")
     parser.add_argument("path", help="the official checkpoint file")
     parser.add_argument("--out", required=True, help="where to write the mp-lightning checkpoint (.ckpt)")
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="converter option, e.g. --option align_corners=true (fomm) or --option use_ema=false (sr)",
+        help="converter option, e.g. --option align_corners=true (fomm) --option use_ema=false (sr) or --option weights=net_G (pirender)",
     )
 
 

@@ -3,6 +3,7 @@
     mp-lightning preprocess raw/ data/mine                      # RAW/<identity>/.../<video>.mp4
     mp-lightning preprocess raw/ data/mine --identity-map ids.csv --workers 2 --landmarks mediapipe68
     mp-lightning preprocess raw/ data/mine --smooth-landmarks   # Savitzky-Golay over time
+    mp-lightning preprocess raw/ data/mine --semantics mediapipe  # + PIRender motion descriptors (stand-in)
 
 Writes OUT/{train,test}/<identity>/<video>/<clip>.mp4 with <clip>.landmarks.npy (and <clip>.identity.npy
 when the VGGFace2 weights are present), OUT/landmarks.json and OUT/preprocess_report.json. Run it again
@@ -49,6 +50,9 @@ def add_arguments(parser) -> None:
                         help=f"drop clips with landmarks missing on more than this share of frames (default {d.max_missing})")
     parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
                         help=f"share of identities put in test/, by a hash of the name (default {d.test_fraction})")
+    parser.add_argument("--semantics", choices=("none", "mediapipe"), default="none",
+                        help="also write <clip>.semantics.npy motion descriptors (PIRender's input): mediapipe = a 73-d "
+                             "stand-in for Deep3DFaceRecon from the 3D face mesh (see mp_lightning.preprocess.semantics)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -72,4 +76,9 @@ def run(args) -> int:
     if t["dropped"]:
         print("dropped: " + ", ".join(f"{k} x{v}" for k, v in sorted(t["dropped"].items())))
     print(f"details: {args.out}/{REPORT_NAME}")
+    if args.semantics == "mediapipe":
+        from mp_lightning.preprocess.semantics import write_mediapipe_semantics
+
+        summary = write_mediapipe_semantics(args.out, progress=not args.no_progress)
+        print(f"motion descriptors (mediapipe stand-in) for {summary['clips']} clips; PCA in {summary['pca']}")
     return 0

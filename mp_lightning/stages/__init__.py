@@ -9,6 +9,7 @@ STAGES = {
     "refine": "mp_lightning.stages.refine:RefineStage",
     "sr": "mp_lightning.stages.super_resolution:SuperResolutionStage",
     "fomm": "mp_lightning.stages.fomm:FOMMStage",
+    "pirender": "mp_lightning.stages.pirender:PIRenderStage",
     "meta": "mp_lightning.stages.meta:MetaLearningModule",
 }
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from mp_lightning.errors import ConfigError
 from mp_lightning.stages.base import Stage
 
-INNER_STAGES = ("refine", "warp", "fomm")
+INNER_STAGES = ("refine", "warp", "fomm", "pirender")
 OUTER_RULES = ("reptile", "official_adam")
 
 
