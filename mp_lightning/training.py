@@ -296,18 +296,21 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     if trainer.is_global_zero:
         (eval_dir / "metrics.json").write_text(json.dumps(
             {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}, indent=2))
-        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
+        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name, skipped=metrics_cb.skipped))
         if logger and cfg_is_wandb(logger):
             import wandb
 
             logger.experiment.log({"test/metrics_table": wandb.Table(
                 columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results}
+    return {"eval_dir": str(eval_dir), "metrics": results, "skipped": dict(metrics_cb.skipped)}
 
 
-def metrics_markdown(results: dict, title: str = "") -> str:
-    """Metrics as a markdown table: one row per metric, a column per evaluation set."""
+def metrics_markdown(results: dict, title: str = "", skipped: dict | None = None) -> str:
+    """Metrics as a markdown table: one row per metric, a column per evaluation set, and the network each
+    number comes from; then the metrics that were skipped and why."""
+    from callbacks.metrics import METRIC_NETWORKS
+
     rows: dict[str, dict[str, float]] = {}
     sets: list[str] = []
     for key, value in results.items():
@@ -316,8 +319,11 @@ def metrics_markdown(results: dict, title: str = "") -> str:
         if set_name not in sets:
             sets.append(set_name)
         rows.setdefault(parts[-1], {})[set_name] = value
-    lines = [f"# {title}" if title else "", "", "| metric | " + " | ".join(sets) + " |",
-             "|---|" + "---|" * len(sets)]
+    lines = [f"# {title}" if title else "", "", "| metric | " + " | ".join(sets) + " | network |",
+             "|---|" + "---|" * len(sets) + "---|"]
     for metric, vals in rows.items():
-        lines.append(f"| {metric} | " + " | ".join(f"{vals[s]:.4f}" if s in vals else "" for s in sets) + " |")
+        lines.append(f"| {metric} | " + " | ".join(f"{vals[s]:.4f}" if s in vals else "" for s in sets)
+                     + f" | {METRIC_NETWORKS.get(metric, '')} |")
+    if skipped:
+        lines += ["", "Skipped:", *[f"- {name}: {reason}" for name, reason in sorted(skipped.items())]]
     return "\n".join(lines).lstrip() + "\n"

@@ -92,7 +92,7 @@ def test_tiny_ablation_set_writes_a_table_with_every_row(tiny_data, tmp_path):
         assert all(cell != "" for cell in row), row  # every metric of every row
         float(row[1])
     md = Path(result["table_md"]).read_text()
-    assert all(r["label"] in md for r in ablation["rows"]) and "test/lpips" in md
+    assert all(r["label"] in md for r in ablation["rows"]) and "test/psnr" in md
     assert list((Path(result["wandb_dir"]) / "wandb").glob("offline-run-*/run-*.wandb"))
 
     # a second call reuses every finished row instead of training again
