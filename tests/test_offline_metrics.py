@@ -146,3 +146,33 @@ def test_random_networks_are_never_logged_under_the_published_name():
     suite = MetricSuite({"enabled": ["lpips", "id_similarity", "aed"], "lpips": {"pretrained": False},
                          "identity": {"pretrained": False}, "fid": False})
     assert set(suite.metrics) == {"lpips_random", "id_similarity_random", "aed_random"}
+
+
+@needs_stlpips
+def test_offline_perceptual_backbone_loads_the_shipped_trunk():
+    from mp_lightning.networks.perceptual import VGGPerceptualLoss
+    from mp_lightning.networks.st_lpips import weights_path
+
+    loss = VGGPerceptualLoss(scales=[1.0, 0.5], backbone="st_lpips_vgg16")
+    shipped = torch.load(weights_path("vgg"), map_location="cpu", weights_only=True)
+    trunk = {f"net.{k}": v for k, v in loss.vgg.trunk.state_dict().items()}
+    assert set(trunk) <= set(shipped) and len(trunk) == 26 + 4  # 13 convs (weight, bias) + 4 blur filters
+    for key, value in trunk.items():
+        assert torch.equal(value, shipped[key]), key
+    assert not any(p.requires_grad for p in loss.parameters())
+    faces, _ = _faces(64)
+    shifted = torch.roll(faces[:2], 1, dims=-1)
+    assert loss(faces[:2], faces[:2]).item() == 0
+    assert loss(faces[:2], shifted).item() < 0.5 * loss(faces[:2], faces[[2, 4]]).item()
+    loss.train()
+    assert not loss.vgg.training  # frozen features stay in eval mode
+
+
+def test_perceptual_backbone_names_are_checked():
+    from mp_lightning.errors import ConfigError
+    from mp_lightning.networks.perceptual import VGGPerceptualLoss
+
+    with pytest.raises(ConfigError, match="backbone"):
+        VGGPerceptualLoss(backbone="vgg21")
+    with pytest.raises(ConfigError, match="no random variant"):
+        VGGPerceptualLoss(backbone="st_lpips_vgg16", pretrained=False)
