@@ -66,7 +66,7 @@ class DlibFaceEmbedder:
     When several faces are found the one with the highest detector score is used. Not differentiable.
     """
 
-    def __init__(self, detect_size: int = 128, upsample: int = 0):
+    def __init__(self, detect_size: int = 192, upsample: int = 0):
         reason = dlib_unavailable_reason()
         if reason is not None:
             from mp_lightning.errors import MissingWeightsError

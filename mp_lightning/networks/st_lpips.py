@@ -94,4 +94,5 @@ class StLpipsVgg16Features(nn.Module):
         return super().train(False)
 
     def forward(self, x):
-        return list(self.trunk(self.scaling(x * 2 - 1)))
+        # unit-normalised over channels at every position, as LPIPS compares them
+        return [f / (f.pow(2).sum(1, keepdim=True) + 1e-10).sqrt() for f in self.trunk(self.scaling(x * 2 - 1))]
