@@ -93,7 +93,9 @@ def test_dlib_identity_equals_dlib():
     cos = [float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)) for u, v in zip(a, b)]
     dist = [float(np.linalg.norm(u - v)) for u, v in zip(a, b)]
 
-    suite = MetricSuite(_config(["id_similarity_dlib", "aed_dlib"]), reference_available=False)
+    # frames already at the detection size: dlib sees exactly the pixels the reference sees
+    suite = MetricSuite({**_config(["id_similarity_dlib", "aed_dlib"]), "dlib": {"detect_size": 128}},
+                        reference_available=False)
     suite.update({"prediction": preds}, {"source": source})
     values = suite.compute()
     assert values["id_similarity_dlib"] == pytest.approx(np.mean(cos), rel=1e-5)
