@@ -21,6 +21,7 @@ class MetricsCallback(L.Callback):
         self.metrics_config = metrics_config
         self._suites: dict[str, object] = {}
         self.last_results: dict[str, float] = {}
+        self.skipped: dict[str, str] = {}  # metric -> why it was not computed (missing extra or weights)
         self.set_names: dict[str, tuple] = {}  # split -> name of each dataloader, e.g. ("self", "cross")
 
     def _suite(self, pl_module, prefix: str, reference_available: bool):
@@ -53,6 +54,10 @@ class MetricsCallback(L.Callback):
                 continue
             values = suite.compute()
             suite.reset()
+            for name, reason in suite.new_skip_reasons().items():
+                if name not in self.skipped and trainer.is_global_zero:
+                    print(f"[metrics] {reason}")
+                self.skipped.setdefault(name, reason)
             for key, value in values.items():
                 value = torch.as_tensor(value, dtype=torch.float32, device=pl_module.device)
                 # already reduced over ranks by torchmetrics; logging the same value on every rank

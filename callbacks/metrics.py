@@ -6,16 +6,24 @@ value torchmetrics syncs is exactly the mean over all samples of all ranks (no m
 | key            | metric                                                         | needs ground truth |
 |----------------|----------------------------------------------------------------|--------------------|
 | lpips          | LPIPS (lpips package, AlexNet default), mean per image          | yes                |
+| st_lpips       | ST-LPIPS (stlpips-pytorch, shift-tolerant AlexNet; offline)     | yes                |
 | psnr           | mean per-image PSNR, data range 1 (BasicSR convention)          | yes                |
 | ssim           | mean per-image SSIM (torchmetrics, Gaussian 11x11, range 1)      | yes                |
 | l1             | mean absolute error in [0, 1]                                   | yes                |
 | id_similarity  | cosine of FaceNet (VGGFace2) embeddings, prediction vs source   | no                 |
 | aed            | L2 distance of the same embeddings (FOMM's "average Euclidean   | no (uses the       |
 |                | distance"), prediction vs ground truth, vs source without one   |  source then)      |
+| id_similarity_dlib / aed_dlib | the same two on dlib's 128-d ResNet descriptors  | no                 |
+|                | (offline; + `dlib_no_face`: predictions in which dlib found no face) |               |
 | akd            | mean landmark distance in pixels, prediction vs driving         | no                 |
 | fid            | torchmetrics FrechetInceptionDistance over the whole split      | no (real = ground  |
 |                | (only when torch-fidelity and its Inception weights exist)      |  truth or source)  |
 | warp_error     | temporal warping error of predicted clips (B, T, 3, H, W)       | flow from GT/pred  |
+
+A metric whose network would be random (`lpips` without torchvision's AlexNet file and pretrained=false,
+FaceNet without VGGFace2 weights) is logged as `<name>_random`, never under the published name; one whose
+weights or package are missing is skipped with the reason in `MetricSuite.skipped`. `METRIC_NETWORKS`
+says which network each logged number comes from (the eval's metrics.md prints it).
 
 Frozen backbones (LPIPS trunk, FaceNet) are held outside the module tree: they move with `.to(device)`
 but never enter a checkpoint's state dict, and two metrics can share one embedder.
@@ -482,15 +490,47 @@ class WarpConfig:
     occlusion_check: bool = True  # forward-backward consistency mask for Farneback flows
 
 
-ALL_METRICS = ("lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "akd", "warp_error")
-REFERENCE_METRICS = ("lpips", "psnr", "ssim", "l1", "warp_error")  # compare with ground truth
+@dataclass
+class STLPIPSConfig:
+    net: str = "alex"  # "alex" (default) or "vgg": the shift-tolerant trunks that ship in stlpips-pytorch
+
+
+@dataclass
+class DlibConfig:
+    detect_size: int = 192  # frames smaller than this are upscaled before dlib's HOG detector (64 px: 93% found at 128, all at 192)
+    upsample: int = 0  # dlib detector pyramid upsampling
+
+
+ALL_METRICS = ("lpips", "st_lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "id_similarity_dlib", "aed_dlib",
+               "akd", "warp_error")
+REFERENCE_METRICS = ("lpips", "st_lpips", "psnr", "ssim", "l1", "warp_error")  # compare with ground truth
+
+# which network each logged number comes from (metrics.md prints it beside the values)
+METRIC_NETWORKS = {
+    "lpips": "LPIPS v0.1, torchvision ImageNet AlexNet (lpips package)",
+    "lpips_random": "LPIPS linear layers on a RANDOM AlexNet trunk: smoke test only, not LPIPS",
+    "st_lpips": "ST-LPIPS, shift-tolerant ImageNet AlexNet (stlpips-pytorch wheel)",
+    "id_similarity": "FaceNet InceptionResnetV1, VGGFace2 weights",
+    "aed": "FaceNet InceptionResnetV1, VGGFace2 weights",
+    "id_similarity_random": "RANDOM FaceNet: smoke test only, not an identity measure",
+    "aed_random": "RANDOM FaceNet: smoke test only, not an identity measure",
+    "id_similarity_dlib": "dlib ResNet face descriptor (HOG detector, 5-point alignment)",
+    "aed_dlib": "dlib ResNet face descriptor (HOG detector, 5-point alignment)",
+    "dlib_no_face": "count of predicted frames in which dlib's detector found no face",
+    "psnr": "pixels", "ssim": "pixels", "l1": "pixels",
+    "akd": "landmark detector (metrics.akd.detector) or the stage's landmarks",
+    "fid": "torchmetrics FID, Inception (torch-fidelity weights)",
+    "warp_error": "Farneback optical flow (OpenCV)",
+}
 
 
 @dataclass
 class MetricsConfig:
     enabled: List[str] = field(default_factory=lambda: list(ALL_METRICS))  # subset of ALL_METRICS
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+    st_lpips: STLPIPSConfig = field(default_factory=STLPIPSConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    dlib: DlibConfig = field(default_factory=DlibConfig)
     akd: AKDConfig = field(default_factory=AKDConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
     fid: bool = True  # FID over the whole split; skipped (reason in MetricSuite.skipped) without torch-fidelity
@@ -559,24 +599,64 @@ class MetricSuite(nn.Module):
         self._reported: set = set()
         metrics: Dict[str, Metric] = {}
 
+        # logged name of each enabled metric: `<name>_random` where its network is random (see METRIC_NETWORKS)
+        self.keys: Dict[str, str] = {}
         if "lpips" in enabled:
-            metrics["lpips"] = LPIPS(cfg.lpips.net, cfg.lpips.pretrained, cfg.lpips.seed)
+            try:
+                metrics[self._key("lpips", cfg.lpips.pretrained)] = LPIPS(cfg.lpips.net, cfg.lpips.pretrained,
+                                                                          cfg.lpips.seed)
+            except MissingWeightsError as err:
+                self._skip("lpips", f"lpips skipped: {err}")
+        if "st_lpips" in enabled:
+            from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
+
+            reason = st_lpips_unavailable_reason()
+            if reason is None:
+                from mp_lightning.metrics.st_lpips import STLPIPS
+
+                metrics[self._key("st_lpips")] = STLPIPS(cfg.st_lpips.net)
+            else:
+                self._skip("st_lpips", reason)
         for name, cls in (("psnr", PSNR), ("ssim", SSIM), ("l1", L1)):
             if name in enabled:
-                metrics[name] = cls()
+                metrics[self._key(name)] = cls()
         if enabled & {"id_similarity", "aed"}:
-            if embedder is None:
-                from mp_lightning.networks.identity import FaceEmbedder
+            try:
+                if embedder is None:
+                    from mp_lightning.networks.identity import FaceEmbedder
 
-                embedder = FaceEmbedder(
-                    pretrained=cfg.identity.pretrained, align=cfg.identity.align,
-                    center_fraction=cfg.identity.center_fraction,
-                )
-            if "id_similarity" in enabled:
-                metrics["id_similarity"] = IdentitySimilarity(embedder)
-            if "aed" in enabled:
-                metrics["aed"] = AED(embedder)
+                    embedder = FaceEmbedder(
+                        pretrained=cfg.identity.pretrained, align=cfg.identity.align,
+                        center_fraction=cfg.identity.center_fraction,
+                    )
+                real = not getattr(embedder, "kind", "").startswith("facenet-random")
+                if "id_similarity" in enabled:
+                    metrics[self._key("id_similarity", real)] = IdentitySimilarity(embedder)
+                if "aed" in enabled:
+                    metrics[self._key("aed", real)] = AED(embedder)
+            except MissingWeightsError as err:
+                for name in enabled & {"id_similarity", "aed"}:
+                    self._skip(name, f"{name} skipped: {err}")
         object.__setattr__(self, "_embedder", embedder)  # shared with the identity metrics, outside the tree
+        dlib_wanted = enabled & {"id_similarity_dlib", "aed_dlib"}
+        dlib_embedder = None
+        if dlib_wanted:
+            from mp_lightning.networks.dlib_face import DlibFaceEmbedder, dlib_unavailable_reason
+
+            reason = dlib_unavailable_reason()
+            if reason is None:
+                from mp_lightning.metrics.dlib_identity import DlibAED, DlibIdentitySimilarity, MissedFaces
+
+                dlib_embedder = DlibFaceEmbedder(cfg.dlib.detect_size, cfg.dlib.upsample)
+                if "id_similarity_dlib" in enabled:
+                    metrics[self._key("id_similarity_dlib")] = DlibIdentitySimilarity()
+                if "aed_dlib" in enabled:
+                    metrics[self._key("aed_dlib")] = DlibAED()
+                metrics["dlib_no_face"] = MissedFaces()
+            else:
+                for name in dlib_wanted:
+                    self._skip(name, reason)
+        object.__setattr__(self, "_dlib_embedder", dlib_embedder)
         if "akd" in enabled:
             if landmark_detector is None and cfg.akd.detector:
                 landmark_detector = _load_factory(cfg.akd.detector)()
@@ -595,6 +675,15 @@ class MetricSuite(nn.Module):
         self.metrics = nn.ModuleDict(metrics)
 
     # ---------------------------------------------------------------------------------------- update
+    def _key(self, name: str, real_weights: bool = True) -> str:
+        self.keys[name] = name if real_weights else f"{name}_random"
+        return self.keys[name]
+
+    def _metric(self, name: str) -> Optional[Metric]:
+        """The metric enabled as `name` (whatever it is logged as), or None."""
+        key = self.keys.get(name)
+        return self.metrics[key] if key is not None else None
+
     def _skip(self, name: str, reason: str) -> None:
         self.skipped.setdefault(name, reason)
 
@@ -635,21 +724,29 @@ class MetricSuite(nn.Module):
             if gt is None:
                 raise ValueError("MetricSuite: the batch has no ground truth ('driving' / 'frames'); "
                                  "pass reference_available=False for cross-identity batches")
-            for name in ("lpips", "psnr", "ssim", "l1"):
-                if name in m:
-                    m[name].update(frames, gt)
+            for name in ("lpips", "st_lpips", "psnr", "ssim", "l1"):
+                if self._metric(name) is not None:
+                    self._metric(name).update(frames, gt)
             if "warp_error" in m and clip:  # still images have no temporal error: silently not applicable
                 m["warp_error"].update(pred, target=target.float(), landmarks=target_landmarks)
 
-        if "id_similarity" in m or "aed" in m:
-            pred_emb = self._embedder(frames)
-            src_emb = self._embedder(source)
-            if "id_similarity" in m:
-                m["id_similarity"].update(pred_emb, src_emb)
-            if "aed" in m:
+        for embed, sim, dist in ((self._embedder, "id_similarity", "aed"),
+                                 (self._dlib_embedder, "id_similarity_dlib", "aed_dlib")):
+            sim, dist = self._metric(sim), self._metric(dist)
+            if sim is None and dist is None:
+                continue
+            # embedders return a tensor (FaceNet) or (descriptors, found) (dlib: a frame may have no face)
+            as_args = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+            pred_emb = as_args(embed(frames))
+            src_emb = as_args(embed(source))
+            if embed is self._dlib_embedder:
+                m["dlib_no_face"].update(pred_emb[1])
+            if sim is not None:
+                sim.update(*pred_emb, *src_emb)
+            if dist is not None:
                 # FOMM: against the ground-truth frame; without one, against the source
-                ref_emb = self._embedder(gt) if reference_available else src_emb
-                m["aed"].update(pred_emb, ref_emb)
+                ref_emb = as_args(embed(gt)) if reference_available else src_emb
+                dist.update(*pred_emb, *ref_emb)
 
         if "akd" in m:
             if gt_landmarks is None:

@@ -316,11 +316,11 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     descriptor = getattr(stage.hp, "descriptor", None)
     if trainer.is_global_zero:
         summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results,
-                   "cross_identity_protocol": stage.cross_identity_protocol}
+                   "cross_identity_protocol": stage.cross_identity_protocol, "skipped": dict(metrics_cb.skipped)}
         if descriptor:
             summary["descriptor"] = descriptor
         (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
+        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name, skipped=metrics_cb.skipped))
         if wandb_logger(logger) is not None:
             import wandb
 
@@ -328,11 +328,14 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
                 columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     _finish_logger(logger)
     return {"eval_dir": str(eval_dir), "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol,
-            "descriptor": descriptor}
+            "descriptor": descriptor, "skipped": dict(metrics_cb.skipped)}
 
 
-def metrics_markdown(results: dict, title: str = "") -> str:
-    """Metrics as a markdown table: one row per metric, a column per evaluation set."""
+def metrics_markdown(results: dict, title: str = "", skipped: dict | None = None) -> str:
+    """Metrics as a markdown table: one row per metric, a column per evaluation set, and the network each
+    number comes from; then the metrics that were skipped and why."""
+    from callbacks.metrics import METRIC_NETWORKS
+
     rows: dict[str, dict[str, float]] = {}
     sets: list[str] = []
     for key, value in results.items():
@@ -341,8 +344,11 @@ def metrics_markdown(results: dict, title: str = "") -> str:
         if set_name not in sets:
             sets.append(set_name)
         rows.setdefault(parts[-1], {})[set_name] = value
-    lines = [f"# {title}" if title else "", "", "| metric | " + " | ".join(sets) + " |",
-             "|---|" + "---|" * len(sets)]
+    lines = [f"# {title}" if title else "", "", "| metric | " + " | ".join(sets) + " | network |",
+             "|---|" + "---|" * len(sets) + "---|"]
     for metric, vals in rows.items():
-        lines.append(f"| {metric} | " + " | ".join(f"{vals[s]:.4f}" if s in vals else "" for s in sets) + " |")
+        lines.append(f"| {metric} | " + " | ".join(f"{vals[s]:.4f}" if s in vals else "" for s in sets)
+                     + f" | {METRIC_NETWORKS.get(metric, '')} |")
+    if skipped:
+        lines += ["", "Skipped:", *[f"- {name}: {reason}" for name, reason in sorted(skipped.items())]]
     return "\n".join(lines).lstrip() + "\n"

@@ -30,7 +30,8 @@ def test_compare_writes_one_row_per_method_with_every_metric(tiny_data, tmp_path
                  "--video-frames", "4", "--wandb", "offline"]) == 0
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [r["method"] for r in rows] == ["warp_tiny", "fomm_tiny"]
-    for metric in ("test/lpips", "test/psnr", "test/ssim", "test/l1", "test/id_similarity", "test/cross/id_similarity"):
+    for metric in ("test/lpips_random", "test/psnr", "test/ssim", "test/l1", "test/id_similarity_random",
+                   "test/cross/id_similarity_random"):
         assert all(r[metric] != "" for r in rows), metric
     protocols = [r["cross-identity protocol"] for r in rows]
     assert "retargeted" in protocols[0] and "relative keypoints" in protocols[1]  # each method's own protocol

@@ -10,7 +10,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-ENABLED = ["lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "akd"]
+from mp_lightning.networks.dlib_face import dlib_unavailable_reason
+from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
+
+ENABLED = ["lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "akd", "st_lpips", "id_similarity_dlib", "aed_dlib"]
+# the random trunks are logged as *_random; dlib also reports how many predictions had no face
+EXPECTED = ["lpips_random", "psnr", "ssim", "l1", "id_similarity_random", "aed_random", "akd"]
+if st_lpips_unavailable_reason() is None:
+    EXPECTED += ["st_lpips"]
+if dlib_unavailable_reason() is None:
+    EXPECTED += ["id_similarity_dlib", "aed_dlib", "dlib_no_face"]
 
 
 def _config():
@@ -18,14 +27,17 @@ def _config():
 
 
 def _data():
+    """Synthetic faces (dlib finds them at 128 px) with one noise prediction, so `dlib_no_face` is 1."""
+    from tests.test_offline_metrics import _faces
+
     g = torch.Generator().manual_seed(0)
+    faces, _ = _faces(128)
     n, k = 4, 5
-    batch = {
-        "source": torch.rand(n, 3, 32, 32, generator=g),
-        "driving": torch.rand(n, 3, 32, 32, generator=g),
-        "driving_landmarks": torch.rand(n, k, 2, generator=g),
-    }
-    outputs = {"prediction": torch.rand(n, 3, 32, 32, generator=g), "prediction_landmarks": torch.rand(n, k, 2, generator=g)}
+    batch = {"source": faces[[0, 2, 4, 1]], "driving": faces[[1, 3, 5, 0]],
+             "driving_landmarks": torch.rand(n, k, 2, generator=g)}
+    prediction = faces[[1, 2, 5, 0]].clone()
+    prediction[1] = torch.rand(3, 128, 128, generator=g)
+    outputs = {"prediction": prediction, "prediction_landmarks": torch.rand(n, k, 2, generator=g)}
     return outputs, batch
 
 
@@ -55,7 +67,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # two fresh Python processes importing torch, lpips, facenet: ~20-30 s on 2 cores
+@pytest.mark.slow  # two fresh Python processes importing torch, lpips, facenet, stlpips, dlib: ~70 s on 2 shared cores
 def test_two_ranks_equal_single_process(tmp_path):
     from callbacks.metrics import MetricSuite
 
@@ -68,7 +80,8 @@ def test_two_ranks_equal_single_process(tmp_path):
     single.update(outputs, batch)
     expected = single.compute()
 
-    assert set(expected) == set(ENABLED)
+    assert set(expected) == set(EXPECTED)
+    assert expected.get("dlib_no_face", 1) == 1  # the noise prediction, counted across ranks
     for values in ranks:  # every rank gets the same, global value
         assert set(values) == set(expected)
         for key in expected:

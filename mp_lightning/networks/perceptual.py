@@ -4,6 +4,11 @@ The loss is the official one: images (B, 3, H, W) in [0, 1] are normalised with 
 through the torchvision VGG19 `features` split at [0:2], [2:7], [7:12], [12:21], [21:30] (relu1_1 ...
 relu5_1), and the per-layer mean L1 difference (target detached) is weighted and summed over the layers and
 over the scales of an anti-aliased image pyramid (scales 1, 0.5, 0.25, 0.125).
+
+`backbone` picks the five feature maps: "vgg19" (the official ImageNet VGG19; its file must be installed,
+`mp-lightning weights`) or "st_lpips_vgg16" (the ImageNet VGG16 trunk of ST-LPIPS, relu1_2 ... relu5_3,
+which ships in the stlpips-pytorch wheel of the `metrics` extra, so real perceptual features offline).
+Random VGG19 weights (`pretrained=False`) are for unit tests only.
 """
 from __future__ import annotations
 
@@ -83,6 +88,25 @@ class Vgg19Features(nn.Module):
         return outs
 
 
+BACKBONES = ("vgg19", "st_lpips_vgg16")
+
+
+def perceptual_features(backbone: str = "vgg19", pretrained: bool = True) -> nn.Module:
+    """The frozen feature extractor of the perceptual loss: x (B, 3, H, W) in [0, 1] -> 5 feature maps."""
+    if backbone == "vgg19":
+        return Vgg19Features(pretrained=pretrained)
+    from mp_lightning.errors import ConfigError
+
+    if backbone == "st_lpips_vgg16":
+        if not pretrained:
+            raise ConfigError("model.perceptual: backbone st_lpips_vgg16 has no random variant; for random "
+                              "weights (tests) set backbone=vgg19 pretrained=false")
+        from mp_lightning.networks.st_lpips import StLpipsVgg16Features
+
+        return StLpipsVgg16Features()
+    raise ConfigError(f"model.perceptual.backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+
+
 class VGGPerceptualLoss(nn.Module):
     """Pyramid perceptual loss: sum over scales and layers of w_l * mean|VGG_l(pred_s) - VGG_l(target_s)|.
 
@@ -97,13 +121,14 @@ class VGGPerceptualLoss(nn.Module):
         layer_weights: Sequence[float] = (10, 10, 10, 10, 10),
         pretrained: bool = True,
         num_channels: int = 3,
+        backbone: str = "vgg19",
     ):
         super().__init__()
         if len(layer_weights) != len(VGG_SLICES):
             raise ValueError(f"layer_weights needs {len(VGG_SLICES)} values, got {len(layer_weights)}")
         self.layer_weights = [float(w) for w in layer_weights]
         self.pyramid = ImagePyramid(scales, num_channels)
-        self.vgg = Vgg19Features(pretrained=pretrained)
+        self.vgg = perceptual_features(backbone, pretrained)
 
     def forward_pyramids(self, pred_pyramid: Dict[str, torch.Tensor], target_pyramid: Dict[str, torch.Tensor]) -> torch.Tensor:
         total = 0.0

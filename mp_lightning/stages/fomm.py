@@ -27,7 +27,8 @@ from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen, detache
 
 @dataclass
 class FOMMPerceptualConfig:
-    pretrained: bool = True  # ImageNet VGG19 (`mp-lightning weights`); false = random, tests only
+    backbone: str = "vgg19"  # vgg19 (official, ImageNet file) | st_lpips_vgg16 (ImageNet trunk in the metrics extra)
+    pretrained: bool = True  # false = random VGG19, tests only
     scales: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
     layer_weights: List[float] = field(default_factory=lambda: [10.0] * 5)  # relu1_1 ... relu5_1
 
@@ -101,7 +102,7 @@ class FOMMStage(Stage):
         self.discriminator = build_fomm_discriminator(hp.net)
         weights = [w * hp.losses.perceptual for w in hp.perceptual.layer_weights]
         self.perceptual = VGGPerceptualLoss(scales=hp.perceptual.scales, layer_weights=weights,
-                                            pretrained=hp.perceptual.pretrained)
+                                            pretrained=hp.perceptual.pretrained, backbone=hp.perceptual.backbone)
         if hp.init_from:
             load_init_weights(self, hp.init_from, prefixes=("kp_detector.", "generator.", "discriminator."))
         if not self.trains_discriminator:

@@ -19,7 +19,8 @@ from mp_lightning.stages.base import NonFiniteGrads, Stage, load_init_weights, t
 
 @dataclass
 class PerceptualConfig:
-    pretrained: bool = True  # ImageNet VGG19 (weights file: `mp-lightning weights`); false = random, tests only
+    backbone: str = "vgg19"  # vgg19 (official, ImageNet file) | st_lpips_vgg16 (ImageNet trunk in the metrics extra)
+    pretrained: bool = True  # false = random VGG19, tests only
     scales: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])  # image pyramid
     layer_weights: List[float] = field(default_factory=lambda: [10.0] * 5)  # relu1_1 ... relu5_1
 
@@ -80,7 +81,8 @@ class MetaPortraitStage(Stage):
             raise ConfigError("the data has no landmarks.json and 'model.landmarks' names no preset (e.g. official669)")
         self.generator = MetaPortraitGenerator(hp.net)
         self.perceptual = VGGPerceptualLoss(
-            scales=hp.perceptual.scales, layer_weights=hp.perceptual.layer_weights, pretrained=hp.perceptual.pretrained
+            scales=hp.perceptual.scales, layer_weights=hp.perceptual.layer_weights, pretrained=hp.perceptual.pretrained,
+            backbone=hp.perceptual.backbone,
         )
         if hp.init_from:
             load_init_weights(self, hp.init_from, prefixes=self.init_prefixes)
