@@ -140,4 +140,4 @@ def test_a_checkpoint_evaluates_after_its_init_file_is_deleted(tiny_data, tmp_pa
     stage = load_stage(refine_ckpt)
     assert stage.hparams["config"]["model"]["init_from"] == str(warp_ckpt)  # provenance kept
     assert main(["eval", str(refine), *tiny_overrides(tiny_data, tmp_path, "name=ev", f"ckpt_path={refine_ckpt}")]) == 0
-    assert "test/lpips" in json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())["metrics"]
+    assert "test/l1" in json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())["metrics"]
