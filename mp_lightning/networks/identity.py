@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mp_lightning.state_dicts import load_strict, read_checkpoint
+
 EMBEDDING_DIM = 512
 CROP_SIZE = 160
 
@@ -101,10 +103,9 @@ class FaceEmbedder(nn.Module):
 
             path = require("vggface2")  # before building: a missing file fails fast with a clear message
             self.net = InceptionResnetV1(pretrained=None, classify=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
             # the released file also holds the 8631-way VGGFace2 classifier; the embedding does not use it
-            state = {k: v for k, v in state.items() if not k.startswith("logits.")}
-            self.net.load_state_dict(state, strict=True)
+            state = {k: v for k, v in read_checkpoint(path).items() if not k.startswith("logits.")}
+            load_strict(self.net, state, str(path))
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -6,7 +6,6 @@ metric and media callbacks can use it for any stage or baseline.
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from enum import Enum
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mp_lightning.errors import CheckpointError
+from mp_lightning.state_dicts import load_matching, load_strict, read_checkpoint, read_state_dict
 
 
 class NonFiniteGrads(str, Enum):
@@ -194,10 +194,7 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
     """The LightningModule stored in one of our checkpoints, rebuilt from its saved config."""
     from mp_lightning.stages import stage_class
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_checkpoint(path, weights_only=False, map_location=map_location)
     hp = ckpt.get("hyper_parameters") or {}
     if "config" not in hp:
         raise CheckpointError(
@@ -206,44 +203,20 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
         )
     cls = stage_class(hp["config"]["stage"])
     module = cls(config=hp["config"], landmark_spec=hp.get("landmark_spec"))
-    load_state_dict_checked(module, ckpt["state_dict"], source=str(path))
+    load_strict(module, ckpt["state_dict"], source=str(path))
     module.to(map_location)
     return module.eval() if eval_mode else module
 
 
-def load_state_dict_checked(module: torch.nn.Module, state: dict, source: str, strict: bool = True) -> None:
-    """`load_state_dict` whose error names every missing, unexpected and mis-shaped key."""
-    own = module.state_dict()
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and torch.is_tensor(v) and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:10]))
-    if strict and missing:
-        problems.append(f"{len(missing)} missing keys: " + ", ".join(missing[:10]))
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: " + ", ".join(unexpected[:10]))
-    if problems:
-        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + " | ".join(problems))
-    module.load_state_dict(state, strict=strict)
-
-
 def save_stage_checkpoint(module: Stage, path: str | Path, **extra: Any) -> Path:
     """A weights-and-config checkpoint that `load_stage` and `model.init_from` read (no optimizer state)."""
-    import lightning
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__,
+            "pytorch-lightning_version": L.__version__,
             "epoch": 0,
             "global_step": 0,
             "mp_lightning": extra,
@@ -253,31 +226,15 @@ def save_stage_checkpoint(module: Stage, path: str | Path, **extra: Any) -> Path
     return path
 
 
-def load_init_weights(module: torch.nn.Module, path: str | Path, prefixes: tuple[str, ...] = (), strict: bool = False) -> list[str]:
+def load_init_weights(module: torch.nn.Module, path: str | Path, prefixes: tuple[str, ...] = ()) -> list[str]:
     """Copy the weights of `path` (any mp-lightning checkpoint) whose names start with `prefixes` into `module`.
 
     Stage 2 starts from a stage-1 checkpoint this way (`model.init_from=...`): only the warping
     network's keys are taken, as the official code copies only `ladder_network` / `dense_motion_network`.
     Returns the keys that were loaded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.init_from: checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    own = module.state_dict()
-    chosen = {k: v for k, v in state.items() if k in own and (not prefixes or k.startswith(prefixes))}
-    if not chosen:
-        raise CheckpointError(f"model.init_from: {path} has no weights for {prefixes or 'this stage'}")
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in chosen.items() if v.shape != own[k].shape]
-    if bad:
-        raise CheckpointError(f"model.init_from: {path} has shapes that do not fit: " + "; ".join(bad[:10]))
-    if strict:
-        missing = [k for k in own if (not prefixes or k.startswith(prefixes)) and k not in chosen]
-        if missing:
-            raise CheckpointError(f"model.init_from: {path} lacks {len(missing)} keys, e.g. {missing[:5]}")
-    module.load_state_dict(chosen, strict=False)
-    return sorted(chosen)
+    state = read_state_dict(path, weights_only=False)
+    return sorted(load_matching(module, state, f"model.init_from={path}", prefixes).loaded)
 
 
 def animate_with_pairs(stage: Stage, source: torch.Tensor, driving: torch.Tensor,

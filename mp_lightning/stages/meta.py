@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mp_lightning.errors import ConfigError
 from mp_lightning.stages.base import Stage
+from mp_lightning.state_dicts import load_matching, read_state_dict
 
 INNER_STAGES = ("refine", "warp", "fomm")
 OUTER_RULES = ("reptile", "official_adam")
@@ -227,7 +228,6 @@ class MetaLearningModule(Stage):
         """`inner`: an already built inner stage (tests, programmatic use) instead of one from the config."""
         super().__init__(config, landmark_spec)
         from mp_lightning.stages import stage_class
-        from mp_lightning.stages.base import load_init_weights
 
         hp = self.hp
         if hp.outer_rule not in OUTER_RULES:
@@ -240,7 +240,10 @@ class MetaLearningModule(Stage):
         self.inner = inner if inner is not None else stage_class(hp.inner_stage)(config=inner_config,
                                                                                  landmark_spec=landmark_spec)
         if hp.init_from:
-            self._load_init(hp.init_from, load_init_weights)
+            state = read_state_dict(hp.init_from, weights_only=False)
+            # a meta checkpoint's keys carry the `inner.` prefix: it loads into the whole module
+            target = self if any(k.startswith("inner.") for k in state) else self.inner
+            load_matching(target, state, f"model.init_from={hp.init_from}")
         if hp.remove_spectral_norm:
             removed = remove_spectral_norm_(self.inner)
             net = self.inner.hparams["config"]["model"].setdefault("net", {})
@@ -249,15 +252,6 @@ class MetaLearningModule(Stage):
                 net["spectral_norm"] = False
                 self.inner.hparams["config"]["model"]["init_from"] = None
         self.automatic_optimization = False
-
-    def _load_init(self, path: str, loader) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state)
-        if any(k.startswith("inner.") for k in state):
-            # a meta checkpoint: load it into the whole module (its keys carry the `inner.` prefix)
-            loader(self, path)
-        else:
-            loader(self.inner, path)
 
     # --- contract: the inner stage does the work -------------------------------------------------------
     def forward(self, batch: dict) -> dict:

@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mp_lightning.errors import ConfigError
-from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator
+from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD, vgg19_layers
+from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator, init_from_gfpgan
 from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen
 
 LQ_SOURCES = ("downsample", "base_model")
@@ -106,24 +107,9 @@ class SRPerceptualStyleLoss(nn.Module):
 
     def __init__(self, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0), pretrained: bool = True):
         super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers
-
-        from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD
-
         if len(layer_weights) != len(VGG19_PRE_RELU):
             raise ConfigError(f"model.perceptual.layer_weights needs {len(VGG19_PRE_RELU)} values, got {len(layer_weights)}")
-        features = make_layers(cfgs["E"], batch_norm=False)
-        if pretrained:
-            from mp_lightning.errors import CheckpointError
-            from mp_lightning.weights import require
-
-            path = require("vgg19")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-            missing = [k for k in features.state_dict() if k not in feats]
-            if missing:
-                raise CheckpointError(f"{path} is not a torchvision VGG19 checkpoint: missing {missing[:4]}")
-            features.load_state_dict(feats, strict=False)
+        features = vgg19_layers(pretrained)
         self.layer_weights = [float(w) for w in layer_weights]
         last = max(i for i, w in zip(VGG19_PRE_RELU, self.layer_weights) if w != 0) if any(self.layer_weights) else 0
         self.features = nn.Sequential(*[features[i] for i in range(last + 1)])
@@ -267,8 +253,6 @@ class SuperResolutionStage(Stage):
         self.automatic_optimization = False
         self.generator = TemporalSRGenerator(hp.net)
         if hp.init_gfpgan:
-            from mp_lightning.checkpoints.metaportrait_sr import init_from_gfpgan
-
             init_from_gfpgan(self.generator, hp.init_gfpgan)
         elif hp.bicubic_skip:
             # zero RGB heads: the residual starts at 0, i.e. the stage starts as exactly bicubic upsampling
