@@ -46,13 +46,13 @@ def _setup(config: str, data_root: Path, overrides: list[str]):
 
 
 def overhead(args) -> dict:
-    from mp_lightning.stages.meta import adapt, make_inner_optimizer, outer_update
+    from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
     cfg, dm, meta, batch = _setup(args.config, Path(args.data), args.override)
     hp = meta.hp
     opt_outer = meta.configure_optimizers()["optimizer"]
-    from datamodules import task_pairs
+    from mp_lightning.batch import task_pairs
 
     num_tasks = batch["source"].shape[0]
     tasks = [task_pairs(batch, t, "support") for t in range(num_tasks)]
@@ -97,12 +97,12 @@ def overhead(args) -> dict:
 
 
 def _memory_child(args) -> None:
-    from mp_lightning.stages.meta import adapt, make_inner_optimizer, outer_update
+    from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
     cfg, dm, meta, batch = _setup(args.config, Path(args.data), args.override)
     hp = meta.hp
-    from datamodules import task_pairs
+    from mp_lightning.batch import task_pairs
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.mode == "plain":
@@ -141,7 +141,7 @@ def experiment(args) -> dict:
     import copy
 
     from mp_lightning.personalize import personalize
-    from mp_lightning.stages.meta import adapt, make_inner_optimizer, outer_update, stage_loss  # noqa: F401
+    from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
     cfg, dm, meta, _ = _setup(args.config, Path(args.data), args.override)
@@ -167,7 +167,7 @@ def experiment(args) -> dict:
     meta_state = copy.deepcopy(meta.inner.state_dict())
     # standard: the same number of steps of plain Adam on the same kind of pairs
     meta.inner.load_state_dict(start)
-    from datamodules import task_pairs
+    from mp_lightning.batch import task_pairs
 
     groups = meta.meta_groups()
     params = [p for g in groups for p in g["params"]]

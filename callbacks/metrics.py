@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from mp_lightning.batch import is_cross_identity
 from mp_lightning.errors import ConfigError, MissingWeightsError
 
 __all__ = [
@@ -536,7 +537,7 @@ class MetricSuite(nn.Module):
             identity reference, `driving_landmarks` (`frames_landmarks`) the AKD target.
         reference_available: False when there is no ground truth (cross-identity): then only
             id_similarity, aed (against the source), akd and fid are updated. None = the constructor's
-            value, else inferred: False when the batch has `driving_clip` (the cross_identity mode).
+            value, else inferred: False for a cross-identity batch (`mp_lightning.batch.is_cross_identity`).
     `compute()` -> flat {"lpips": float, "id_similarity": ..., ...} with only the metrics that saw data
     (every rank must call it: it syncs under DDP). `skipped` maps a metric to why it cannot run.
     """
@@ -610,7 +611,7 @@ class MetricSuite(nn.Module):
         if reference_available is None:
             reference_available = self.reference_available
         if reference_available is None:
-            reference_available = "driving_clip" not in batch
+            reference_available = not is_cross_identity(batch)
         pred = outputs["prediction"].detach().float().clamp(0, 1)
         clip = pred.ndim == 5
         if clip:

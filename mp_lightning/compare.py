@@ -104,8 +104,7 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         size = int(configs[m.name].data.image_size)
         source, source_lm = load_source(clips[0], size=size)
         driving, driving_lm = load_driving(clips[-1], size=size, max_frames=num_frames)
-        kwargs = {"relative": True} if stage.hparams["config"]["stage"] == "fomm" else {}
-        frames = stage.animate(source, driving, driving_lm, source_lm, **kwargs)
+        frames = stage.animate(source, driving, driving_lm, source_lm, relative=True)
         if not columns:
             columns = [source[None].expand_as(frames), driving]
         columns.append(torch.nn.functional.interpolate(frames, size=columns[0].shape[-2:], mode="bilinear",

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from mp_lightning.errors import DataError
+from mp_lightning.reptile import adapt, adaptation_groups, make_inner_optimizer
+from mp_lightning.stages.base import save_stage_checkpoint
 
 
 def step_schedule(steps: int, every: Optional[int] = None) -> list[int]:
@@ -97,9 +99,6 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
 
     The schedule is `step_schedule(steps, eval_every)`; evaluation time is not counted in `seconds`.
     """
-    from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.stages.meta import adapt, inner_param_groups, make_inner_optimizer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = load_clip(video, _image_size(stage))
@@ -112,7 +111,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     device = stage.device
     source, source_lm = frames[0], landmarks[0]
     evaluator = Evaluator(lpips_pretrained, identity_pretrained, identity)
-    groups = inner_param_groups(stage, warp_lr_multiplier)
+    groups = adaptation_groups(stage, warp_lr_multiplier)
     params = [p for g in groups for p in g["params"]]
     optimizer = make_inner_optimizer(groups, lr, betas)
     rng = np.random.default_rng(seed)

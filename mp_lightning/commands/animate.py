@@ -17,7 +17,8 @@ def add_arguments(parser):
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--sr-checkpoint", default=None, help="temporal super-resolution checkpoint: write 2x video")
     parser.add_argument("--relative", action=__import__("argparse").BooleanOptionalAction, default=True,
-                        help="FOMM: relative motion with adapt_movement_scale (default) or absolute motion")
+                        help="stages with a relative mode (FOMM): relative motion with adapt_movement_scale "
+                             "(default) or absolute motion")
 
 
 def run(args) -> int:
@@ -33,10 +34,8 @@ def run(args) -> int:
     size = int(stage.hparams["config"]["data"]["image_size"])
     source, source_landmarks = load_source(args.source, size=size, frame=args.source_frame)
     driving, driving_landmarks = load_driving(args.driving, size=size, max_frames=args.max_frames)
-    kwargs = {"batch_size": args.batch_size, "progress": True}
-    if stage.hparams["config"]["stage"] == "fomm":
-        kwargs["relative"] = args.relative
-    frames = stage.animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
+    frames = stage.animate(source, driving, driving_landmarks, source_landmarks, relative=args.relative,
+                           batch_size=args.batch_size, progress=True)
     if args.sr_checkpoint:
         sr = load_stage(args.sr_checkpoint, map_location=resolve_device(args.device))
         frames = sr.upscale_clip(frames, progress=True)

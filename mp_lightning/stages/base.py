@@ -15,7 +15,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mp_lightning.errors import CheckpointError
+from mp_lightning.batch import is_cross_identity
+from mp_lightning.errors import CheckpointError, ConfigError
 from mp_lightning.state_dicts import load_matching, load_strict, read_checkpoint, read_state_dict
 
 
@@ -61,7 +62,7 @@ class Stage(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self(batch)
         target = batch.get("driving")
-        if target is not None and "prediction" in out and not batch.get("cross_identity", False):
+        if target is not None and "prediction" in out and not is_cross_identity(batch):
             self.log("val/l1", (out["prediction"] - target).abs().mean(), prog_bar=True, sync_dist=True,
                      batch_size=target.shape[0], add_dataloader_idx=False)
         return detached(out)
@@ -82,9 +83,32 @@ class Stage(L.LightningModule):
         """
         return None
 
-    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
-        """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
+    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, relative: bool | None = None,
+                **kwargs) -> torch.Tensor:
+        """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`).
+
+        `relative`: move the source by the driving motion relative to the first driving frame instead of
+        copying the driving pose (None: the stage's default). Stages driven by the driving landmarks
+        themselves (MetaPortrait) have no relative mode and ignore it.
+        """
         return animate_with_pairs(self, source, driving, driving_landmarks, source_landmarks, **kwargs)
+
+    # --- adaptation: meta-learning (Reptile's inner loop) and personalization ------------------------
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        """The parameters meta-learning and personalization train, as groups `{"params", "mult", "name"}`
+        whose lr is the inner lr x `mult`; `warp_lr_multiplier` balances a warping network against the
+        rest (official inner_warplr_tune). Discriminators, embedders and loss networks are never in them."""
+        raise ConfigError(f"stage '{self.experiment_config.get('stage')}' ({type(self).__name__}) names no "
+                          f"parameters to adapt: it cannot be meta-learned or personalized")
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        """The stage's own training loss on a pairs batch, without any GAN term (the official meta config)."""
+        raise ConfigError(f"stage '{self.experiment_config.get('stage')}' ({type(self).__name__}) has no "
+                          f"adaptation loss: it cannot be meta-learned or personalized")
+
+    def unwrapped(self) -> "Stage":
+        """The stage that animates and is personalized: itself, or the stage a wrapper (meta-learning) trains."""
+        return self
 
     # --- gradient hygiene -----------------------------------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import List
 
 import torch
-import torch.nn.functional as F
 
 from mp_lightning.errors import ConfigError, DataError
 from mp_lightning.stages.base import call_frozen, detached
-from mp_lightning.stages.warp import MetaPortraitStage, OptimConfig, PerceptualConfig, WarpStageConfig
+from mp_lightning.stages.warp import MetaPortraitStage, WarpStageConfig
 
 
 @dataclass
@@ -210,6 +209,17 @@ class RefineStage(MetaPortraitStage):
                 terms["feature_matching"] = L.feature_matching_loss(detached(real_features), fake, weights)
         terms["loss"] = sum(terms.values())
         return terms
+
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        # refinement network x1, warping network x warp_lr_multiplier (official inner_warplr_tune)
+        return [
+            {"params": list(self.generator.refine_parameters()), "mult": 1.0, "name": "refine"},
+            {"params": list(self.generator.warp_parameters()), "mult": warp_lr_multiplier, "name": "warp"},
+        ]
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        batch = self.prepare(batch)
+        return self.generator_losses(batch, self(batch), adversarial=False)["loss"]
 
     def discriminator_losses(self, batch: dict, out: dict, real: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """LSGAN terms of the discriminator on the driving frames (`real`: its output there, if computed) and
