@@ -54,18 +54,19 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
-    configs = {}
+    configs, stages = {}, {}
     for m in methods:
         cfg = compose(m.experiment, [f"ckpt_path={m.checkpoint}", f"name={m.name}", f"output_root={out_dir}",
                                      "logger.type=none", *overrides])
         configs[m.name] = cfg
         print(f"== {m.name}: {m.experiment} @ {m.checkpoint}")
-        rows[m.name] = run_evaluation(cfg)["metrics"]
+        evaluated = run_evaluation(cfg)
+        rows[m.name], stages[m.name] = evaluated["metrics"], evaluated["stage"]
     metrics = sorted({k for r in rows.values() for k in r})
     (out_dir / "compare.csv").write_text(_csv(rows, metrics))
     (out_dir / "compare.md").write_text(_markdown(rows, metrics))
     (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows}, indent=2))
-    video = compare_video(methods, configs, out_dir / "compare.mp4", video_frames) if video_frames > 0 else None
+    video = compare_video(methods, configs, stages, out_dir / "compare.mp4", video_frames) if video_frames > 0 else None
     _log_wandb(rows, metrics, out_dir, video, wandb_mode)
     return {"rows": rows, "metrics": metrics, "dir": str(out_dir), "video": str(video) if video else None}
 
@@ -88,9 +89,9 @@ def _markdown(rows, metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: int) -> Path | None:
-    """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving)."""
-    from mp_lightning import load_stage
+def compare_video(methods: list[Method], configs: dict, stages: dict, path: Path, num_frames: int) -> Path | None:
+    """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving);
+    `stages`: each method's evaluated stage, by name."""
     from mp_lightning.inputs import load_driving, load_source
     from mp_lightning.video import write_video
 
@@ -100,7 +101,7 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         return None
     columns = []
     for m in methods:
-        stage = load_stage(m.checkpoint)
+        stage = stages[m.name]
         size = int(configs[m.name].data.image_size)
         source, source_lm = load_source(clips[0], size=size)
         driving, driving_lm = load_driving(clips[-1], size=size, max_frames=num_frames)
@@ -122,9 +123,12 @@ def _log_wandb(rows, metrics, out_dir: Path, video, mode: str) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(project="mp-lightning", name=f"compare-{out_dir.name}", dir=str(out_dir), mode=mode,
                      job_type="compare")
-    table = wandb.Table(columns=["method", *metrics], data=[[n, *[r.get(k) for k in metrics]] for n, r in rows.items()])
-    payload = {"compare/table": table}
-    if video:
-        payload["compare/video"] = wandb.Video(str(video), format="mp4")
-    run.log(payload)
-    run.finish()
+    try:
+        table = wandb.Table(columns=["method", *metrics],
+                            data=[[n, *[r.get(k) for k in metrics]] for n, r in rows.items()])
+        payload = {"compare/table": table}
+        if video:
+            payload["compare/video"] = wandb.Video(str(video), format="mp4")
+        run.log(payload)
+    finally:
+        run.finish()

@@ -344,9 +344,11 @@ def run_online_sweep(
 
     def trial() -> None:
         run = wandb.init()
-        params = {k: v for k, v in dict(run.config).items()}
-        run_id = run.id
-        run.finish()
+        try:
+            params = {k: v for k, v in dict(run.config).items()}
+            run_id = run.id
+        finally:
+            run.finish()
         trial_dir = sweep_dir / run_id
         # the train process logs into the agent's run: training.wandb_run_id reads this file
         (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -151,10 +151,18 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger=None, callbacks=None):
+# the trainer settings that a test-only run (`run_evaluation`) takes; the others only shape training
+EVALUATION_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "limit_test_batches",
+                           "enable_progress_bar")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger=None, callbacks=None, keys=None):
+    """The Lightning Trainer of `cfg.trainer` (all of it, or only `keys`)."""
     import lightning as L
 
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if keys is not None:
+        kwargs = {k: kwargs[k] for k in keys}
     kwargs["precision"] = resolve_precision(kwargs["precision"], kwargs["accelerator"])
     return L.Trainer(
         default_root_dir=str(run_dir),
@@ -197,22 +205,24 @@ def run_training(cfg: DictConfig) -> dict:
     stage = build_stage(cfg, datamodule)
     connect_stage_and_data(stage, datamodule)
     logger = build_logger(cfg, run_dir)
-    if logger:
-        _log_hyperparameters(logger, cfg, stage)
-    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir))
-    ckpt = resume_checkpoint(cfg, run_dir)
-    if ckpt and trainer.is_global_zero:
-        print(f"resuming from {ckpt}")
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt)
-    result = {
-        "run_dir": str(run_dir),
-        "last_checkpoint": str(run_dir / CHECKPOINT_DIR / "last.ckpt"),
-        "global_step": trainer.global_step,
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-    }
-    if trainer.is_global_zero:
-        (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
-    _finish_logger(logger)
+    try:
+        if logger:
+            _log_hyperparameters(logger, cfg, stage)
+        trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir))
+        ckpt = resume_checkpoint(cfg, run_dir)
+        if ckpt and trainer.is_global_zero:
+            print(f"resuming from {ckpt}")
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt)
+        result = {
+            "run_dir": str(run_dir),
+            "last_checkpoint": str(run_dir / CHECKPOINT_DIR / "last.ckpt"),
+            "global_step": trainer.global_step,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        }
+        if trainer.is_global_zero:
+            (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
+    finally:
+        finish_logger(logger)
     return result
 
 
@@ -227,9 +237,10 @@ def _log_hyperparameters(logger, cfg: DictConfig, stage) -> None:
     logger.log_hyperparams(hp)
 
 
-def _finish_logger(logger) -> None:
-    # always finish, so that one crashed run does not poison the next one in a sweep
-    if logger and hasattr(logger, "experiment") and cfg_is_wandb(logger):
+def finish_logger(logger) -> None:
+    """Close the run's W&B run (called in `finally`: one crashed run must not poison the next one of a sweep
+    or an ablation, which share the process)."""
+    if logger and cfg_is_wandb(logger):
         import wandb
 
         if wandb.run is not None:
@@ -282,28 +293,25 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     for module in data.modules.values():
         connect_stage_and_data(stage, module)
     metrics_cb = MetricsCallback(OmegaConf.to_object(cfg.metrics))
-    logger = build_logger(cfg, run_dir) if cfg.logger.type != "none" else False
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir), logger=logger, callbacks=[metrics_cb],
-        accelerator=trainer_cfg["accelerator"], devices=trainer_cfg["devices"], num_nodes=trainer_cfg["num_nodes"],
-        strategy=trainer_cfg["strategy"], precision=resolve_precision(trainer_cfg["precision"], trainer_cfg["accelerator"]),
-        limit_test_batches=trainer_cfg["limit_test_batches"], enable_progress_bar=trainer_cfg["enable_progress_bar"],
-    )
-    metrics_cb.set_names = {"test": data.test_set_names}
-    trainer.test(stage, dataloaders=data.dataloaders())
-    results = dict(sorted(metrics_cb.last_results.items()))
-    if trainer.is_global_zero:
-        (eval_dir / "metrics.json").write_text(json.dumps(
-            {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results}, indent=2))
-        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
-        if logger and cfg_is_wandb(logger):
-            import wandb
+    logger = build_logger(cfg, run_dir)
+    try:
+        trainer = build_trainer(cfg, run_dir, logger, [metrics_cb], keys=EVALUATION_TRAINER_KEYS)
+        metrics_cb.set_names = {"test": data.test_set_names}
+        trainer.test(stage, dataloaders=data.dataloaders())
+        results = dict(sorted(metrics_cb.last_results.items()))
+        if trainer.is_global_zero:
+            (eval_dir / "metrics.json").write_text(json.dumps(
+                {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results},
+                indent=2))
+            (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name))
+            if logger and cfg_is_wandb(logger):
+                import wandb
 
-            logger.experiment.log({"test/metrics_table": wandb.Table(
-                columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
-    _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results}
+                logger.experiment.log({"test/metrics_table": wandb.Table(
+                    columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
+    finally:
+        finish_logger(logger)
+    return {"eval_dir": str(eval_dir), "metrics": results, "stage": stage}
 
 
 def metrics_markdown(results: dict, title: str = "") -> str:
