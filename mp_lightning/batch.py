@@ -9,19 +9,9 @@ their embedding. A stage's per-sample transform adds its own keys (MetaPortrait:
 """
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
-
-class SamplingMode(str, Enum):
-    """`data.mode`: what one item of the DataModule is."""
-
-    pairs = "pairs"  # a source and a driving frame of the same clip
-    windows = "windows"  # T consecutive frames of a clip (temporal SR)
-    identity_tasks = "identity_tasks"  # one person: a source, support and query driving frames (meta-learning)
-    cross_identity = "cross_identity"  # a source and a driving frame of another identity (no ground truth)
-
+from datamodules.config import SamplingMode
 
 PAIR_KEYS = ("source", "driving", "source_landmarks", "driving_landmarks", "source_index", "driving_index",
              "clip", "identity")

@@ -98,8 +98,6 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
-    if kind != "wandb":
-        raise ConfigError(f"config key 'logger.type': unknown logger '{kind}' (wandb | csv | none)")
     from lightning.pytorch.loggers import WandbLogger
 
     logger = WandbLogger(
@@ -111,7 +109,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         group=cfg.logger.group,
         tags=list(cfg.logger.tags),
         offline=cfg.logger.mode == "offline",
-        mode=cfg.logger.mode,
+        mode=str(cfg.logger.mode),
         log_model=cfg.logger.log_model,
     )
     return logger

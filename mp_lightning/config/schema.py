@@ -6,6 +6,20 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from mp_lightning.config.choices import Choice
+
+
+class LoggerType(Choice):
+    wandb = "wandb"
+    csv = "csv"
+    none = "none"
+
+
+class WandbMode(Choice):
+    offline = "offline"  # no account; `wandb sync` later
+    online = "online"
+    disabled = "disabled"
+
 
 @dataclass
 class TrainerConfig:
@@ -38,10 +52,10 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    type: str = "wandb"  # wandb | csv | none
+    type: LoggerType = LoggerType.wandb  # wandb | csv | none
     project: str = "mp-lightning"
     entity: Optional[str] = None
-    mode: str = "offline"  # offline (no account; `wandb sync` later) | online | disabled
+    mode: WandbMode = WandbMode.offline  # offline (no account; `wandb sync` later) | online | disabled
     group: Optional[str] = None  # e.g. the sweep or ablation set a run belongs to
     tags: List[str] = field(default_factory=list)
     log_model: bool = False  # upload checkpoints as W&B artifacts (online mode)

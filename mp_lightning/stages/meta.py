@@ -30,22 +30,29 @@ from omegaconf import DictConfig, OmegaConf
 from mp_lightning.errors import ConfigError
 from mp_lightning.batch import holds_tasks, tasks_as_pairs
 from mp_lightning.reptile import adaptation_groups, inner_loop, outer_update
+from mp_lightning.config.choices import Choice
+from mp_lightning.stages import stage_class, stage_names
 from mp_lightning.stages.base import Stage
 from mp_lightning.state_dicts import load_matching, read_state_dict
 
-INNER_STAGES = ("refine", "warp", "fomm")
-OUTER_RULES = ("reptile", "official_adam")
+# any stage but this one can be the inner stage; one that defines no adaptation is refused when composed
+InnerStage = Choice("InnerStage", {name: name for name in stage_names() if name != "meta"})
+
+
+class OuterRule(Choice):
+    reptile = "reptile"  # classic: phi += outer_lr * mean delta
+    official_adam = "official_adam"  # the released code: Adam on -mean delta, clipped
 
 
 @dataclass
 class MetaConfig:
-    inner_stage: str = "refine"  # the stage whose initialization is meta-learned: refine | warp | fomm
+    inner_stage: InnerStage = InnerStage("refine")  # the stage whose initialization is meta-learned: refine | warp | fomm
     inner: Any = field(default_factory=dict)  # that stage's `model:` section (typed by its Config)
     inner_steps: int = 2  # Adam steps per task on its support pairs (official inner_update_steps)
     inner_lr: float = 2e-4  # inner Adam lr (official)
     inner_warp_lr_multiplier: float = 0.1  # warping-network inner lr = inner_lr x this (official inner_warplr_tune)
     inner_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
-    outer_rule: str = "official_adam"  # reptile (phi += outer_lr * mean delta) | official_adam
+    outer_rule: OuterRule = OuterRule.official_adam  # reptile (phi += outer_lr * mean delta) | official_adam
     outer_lr: float = 2e-5  # classic Reptile: the step size epsilon; official: the outer Adam lr
     outer_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     outer_warp_lr_multiplier: float = 0.1  # warping-network outer lr = outer_lr x this (official warplr_tune)
@@ -83,14 +90,14 @@ class MetaLearningModule(Stage):
 
     @classmethod
     def model_schema(cls, raw_model: DictConfig | None = None) -> DictConfig:
-        from mp_lightning.stages import stage_class
-
         schema = OmegaConf.structured(cls.Config)
         raw_model = raw_model if raw_model is not None else OmegaConf.create({})
-        inner_stage = raw_model.get("inner_stage", "refine")
-        if inner_stage not in INNER_STAGES:
-            raise ConfigError(f"config key 'model.inner_stage': '{inner_stage}' is not one of {', '.join(INNER_STAGES)}")
-        schema.inner = stage_class(inner_stage).model_schema(raw_model.get("inner"))
+        inner_stage = InnerStage.parse(raw_model.get("inner_stage", "refine"), "model.inner_stage")
+        inner_cls = stage_class(inner_stage.value)
+        if inner_cls.adaptation_loss is Stage.adaptation_loss:
+            raise ConfigError(f"config key 'model.inner_stage': stage '{inner_stage}' defines no adaptation "
+                              f"(Stage.adaptation_loss / adaptation_param_groups): it cannot be meta-learned")
+        schema.inner = inner_cls.model_schema(raw_model.get("inner"))
         return schema
 
     @classmethod
@@ -106,17 +113,13 @@ class MetaLearningModule(Stage):
     def __init__(self, config: dict, landmark_spec: dict | None = None, inner: Stage | None = None):
         """`inner`: an already built inner stage (tests, programmatic use) instead of one from the config."""
         super().__init__(config, landmark_spec)
-        from mp_lightning.stages import stage_class
-
         hp = self.hp
-        if hp.outer_rule not in OUTER_RULES:
-            raise ConfigError(f"config key 'model.outer_rule': '{hp.outer_rule}' is not one of {', '.join(OUTER_RULES)}")
         if hp.inner_steps < 1:
             raise ConfigError("config key 'model.inner_steps' must be >= 1")
         inner_config = copy.deepcopy(dict(config))
-        inner_config["stage"] = hp.inner_stage
+        inner_config["stage"] = hp.inner_stage.value
         inner_config["model"] = copy.deepcopy(hp.inner)
-        self.inner = inner if inner is not None else stage_class(hp.inner_stage)(config=inner_config,
+        self.inner = inner if inner is not None else stage_class(hp.inner_stage.value)(config=inner_config,
                                                                                  landmark_spec=landmark_spec)
         if hp.init_from:
             state = read_state_dict(hp.init_from, weights_only=False)

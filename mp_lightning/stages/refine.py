@@ -17,6 +17,7 @@ from typing import List
 
 import torch
 
+from mp_lightning.config.choices import Choice
 from mp_lightning.errors import ConfigError, DataError
 from mp_lightning.stages.base import call_frozen, detached
 from mp_lightning.stages.warp import MetaPortraitStage, WarpStageConfig
@@ -34,11 +35,21 @@ class RefineLossWeights:
     identity: float = 20.0  # paper: on (20); released code: 0 (commented out)
 
 
+class IdentitySource(Choice):
+    facenet = "facenet"  # embed the source frame
+    precomputed = "precomputed"  # the batch's source_identity (.identity.npy files)
+
+
+class FaceAlign(Choice):
+    center = "center"  # a fixed centre crop (differentiable)
+    mtcnn = "mtcnn"  # MTCNN face boxes
+
+
 @dataclass
 class IdentityConfig:
-    source: str = "facenet"  # facenet: embed the source frame | precomputed: batch source_identity (.identity.npy)
+    source: IdentitySource = IdentitySource.facenet  # facenet: embed the source frame | precomputed: .identity.npy
     pretrained: bool = True  # VGGFace2 weights (`mp-lightning weights`); false = random init, tests only
-    align: str = "center"  # face crop before the embedding: center (differentiable) | mtcnn
+    align: FaceAlign = FaceAlign.center  # face crop before the embedding: center (differentiable) | mtcnn
     # facenet: when the data declares its .identity.npy files as this embedder's kind (ROOT/identity.json,
     # e.g. facenet-vggface2 512-d), condition on them (and use them as the identity loss's reference) instead
     # of embedding the source frame every step, as the official loader reads its precomputed ids. The files
@@ -79,8 +90,6 @@ class RefineStage(MetaPortraitStage):
             scales=list(d.scales), block_expansion=d.block_expansion, max_features=d.max_features,
             num_blocks=d.num_blocks, sn=d.spectral_norm, num_channels=hp.net.num_channels,
         )
-        if hp.identity.source not in ("facenet", "precomputed"):
-            raise ConfigError(f"config key 'model.identity.source': '{hp.identity.source}' is not facenet | precomputed")
         if hp.identity.source == "facenet" and hp.net.identity_dim != 512:
             raise ConfigError(
                 f"config key 'model.net.identity_dim' is {hp.net.identity_dim} but facenet embeddings are 512-d "
@@ -91,7 +100,7 @@ class RefineStage(MetaPortraitStage):
         if hp.identity.source == "facenet" or hp.losses.identity > 0:
             from mp_lightning.networks.identity import FaceEmbedder
 
-            self.face_embedder = FaceEmbedder(pretrained=hp.identity.pretrained, align=hp.identity.align)
+            self.face_embedder = FaceEmbedder(pretrained=hp.identity.pretrained, align=str(hp.identity.align))
         if not self.trains_discriminator:
             self.discriminator.requires_grad_(False)
         self.automatic_optimization = False

@@ -19,12 +19,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mp_lightning.config.choices import Choice
 from mp_lightning.errors import ConfigError
 from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD, vgg19_layers
 from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator, init_from_gfpgan
 from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen
 
-LQ_SOURCES = ("downsample", "base_model")
+
+class LQSource(Choice):
+    downsample = "downsample"  # bicubic from the ground truth (plus the configured degradations)
+    base_model = "base_model"  # a trained base model re-animates each frame from the window's first frame
+
 # torchvision VGG19 `features` indices of the pre-ReLU outputs conv1_2, conv2_2, conv3_4, conv4_4, conv5_4
 VGG19_PRE_RELU = (2, 7, 16, 25, 34)
 
@@ -84,7 +89,7 @@ class SRStageConfig:
     optim: SROptimConfig = field(default_factory=SROptimConfig)
     ema_decay: float = 0.999  # official ema_decay; the EMA net is used for validation and export
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)) so short runs are not dominated by the init
-    lq_source: str = "downsample"  # "downsample" (bicubic from the ground truth) or "base_model"
+    lq_source: LQSource = LQSource.downsample  # downsample (bicubic from the ground truth) | base_model
     base_checkpoint: Optional[str] = None  # mp-lightning base-model checkpoint for lq_source=base_model
     degradation: SRDegradationConfig = field(default_factory=SRDegradationConfig)
     bicubic_skip: bool = False  # predict a residual over bicubic upsampling, starting at 0 (not official; tiny CPU runs)
@@ -242,8 +247,6 @@ class SuperResolutionStage(Stage):
     def __init__(self, config: dict, landmark_spec: dict | None = None):
         super().__init__(config, landmark_spec)
         hp = self.hp
-        if hp.lq_source not in LQ_SOURCES:
-            raise ConfigError(f"model.lq_source must be one of {LQ_SOURCES}, got {hp.lq_source!r}")
         if hp.lq_source == "base_model" and not hp.base_checkpoint:
             raise ConfigError("model.lq_source=base_model needs model.base_checkpoint=PATH (a trained base-model checkpoint)")
         data_size = (config.get("data") or {}).get("image_size")
