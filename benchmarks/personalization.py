@@ -32,7 +32,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def _setup(config: str, data_root: Path, overrides: list[str]):
     from datamodules import write_synthetic_dataset
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     if not (data_root / "landmarks.json").is_file():
         write_synthetic_dataset(data_root, identities=12, videos_per_identity=1, clips_per_video=1, frames=24, size=64,
@@ -140,7 +140,7 @@ def experiment(args) -> dict:
     """Standard vs Reptile initialization from one start, same inner-step budget; personalize on held-out ids."""
     import copy
 
-    from mp_lightning.personalize import personalize
+    from mp_lightning.runs.personalize import personalize
     from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)

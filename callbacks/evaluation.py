@@ -27,7 +27,7 @@ class MetricsCallback(L.Callback):
 
     def _suite(self, pl_module, prefix: str, reference_available: bool):
         if prefix not in self._suites:
-            from callbacks.metrics import MetricSuite
+            from mp_lightning.metrics.suite import MetricSuite
 
             self._suites[prefix] = MetricSuite(self.metrics_config, reference_available=reference_available)
         suite = self._suites[prefix]

@@ -78,7 +78,7 @@ class MediaCallback(L.Callback):
         side_by_side = torch.cat([source, driving, frames], dim=3)
         import wandb
 
-        from mp_lightning.video import write_video
+        from mp_lightning.io.video import write_video
 
         with tempfile.TemporaryDirectory() as tmp:
             path = write_video(Path(tmp) / "clip.mp4", side_by_side, fps=self.fps)

@@ -177,7 +177,7 @@ def test_resume_matches_uninterrupted(tiny_data, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = _meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=resume", "data.batch_size=1",
                     "model.inner.perceptual.scales=[1.0]")
@@ -218,7 +218,7 @@ def test_resume_matches_uninterrupted(tiny_data, tmp_path):
 def test_refine_meta_fast_dev_run_and_validation(tiny_data, tmp_path):
     """The refinement stage meta-trains; validation delegates to it; weights change; remove_sn works."""
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     result = run_training(_meta_cfg(tiny_data, tmp_path, "meta_tiny.yaml", "name=refine", "trainer.max_epochs=1",
                                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.batch_size=1",

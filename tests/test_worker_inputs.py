@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 from mp_lightning.config.compose import compose
 from mp_lightning.errors import DataError
 from mp_lightning.landmarks import DERIVED_KEYS
-from mp_lightning.training import build_datamodule, build_stage, connect_stage_and_data
+from mp_lightning.runs.training import build_datamodule, build_stage, connect_stage_and_data
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 

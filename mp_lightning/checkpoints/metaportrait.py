@@ -109,7 +109,7 @@ def official_stage_config(spectral_norm: bool = True, identity_dim: int = 256, p
     from omegaconf import OmegaConf
 
     from mp_lightning.config.compose import compose
-    from mp_lightning.paths import experiments_dir
+    from mp_lightning.io.paths import experiments_dir
 
     name = "official_256.yaml" if spectral_norm else "official_256_remove_sn.yaml"
     cfg = compose(experiments_dir() / "metaportrait" / name, [

@@ -26,12 +26,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from mp_lightning.inputs import resolve_device
+    from mp_lightning.io.inputs import resolve_device
 
     from pathlib import Path
 
     from mp_lightning.errors import UserFacingError
-    from mp_lightning.personalize import personalize
+    from mp_lightning.runs.personalize import personalize
     from mp_lightning.stages.base import load_stage
 
     if args.steps < 0:

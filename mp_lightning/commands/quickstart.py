@@ -17,8 +17,8 @@ def run(args) -> int:
 
     from datamodules import write_synthetic_dataset
     from mp_lightning.config.compose import compose
-    from mp_lightning.paths import experiments_dir
-    from mp_lightning.training import run_evaluation, run_training
+    from mp_lightning.io.paths import experiments_dir
+    from mp_lightning.runs.training import run_evaluation, run_training
 
     t0 = time.time()
     data = Path(args.data)

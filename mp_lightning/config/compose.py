@@ -125,7 +125,7 @@ def build_schema(raw: DictConfig) -> DictConfig:
     from datamodules.config import DataConfig
 
     schema.data = OmegaConf.structured(DataConfig)
-    from callbacks.metrics import MetricsConfig
+    from mp_lightning.metrics.suite import MetricsConfig
 
     schema.metrics = OmegaConf.structured(MetricsConfig)
     return schema

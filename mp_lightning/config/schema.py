@@ -103,7 +103,7 @@ class ExperimentConfig:
     description: str = ""
     model: Any = None  # typed by the stage's Config dataclass
     data: Any = None  # typed by datamodules.config.DataConfig
-    metrics: Any = None  # typed by callbacks.metrics.MetricsConfig
+    metrics: Any = None  # typed by mp_lightning.metrics.suite.MetricsConfig
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)

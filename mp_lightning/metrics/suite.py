@@ -157,7 +157,7 @@ _LPIPS_BACKBONE_WEIGHTS = {"alex": "alexnet", "vgg": "vgg16"}
 def build_lpips_net(net: str = "alex", pretrained: bool = True, seed: int = 0) -> nn.Module:
     """`lpips.LPIPS` with its calibrated linear layers (they ship in the wheel).
 
-    pretrained=True needs torchvision's ImageNet trunk (`mp_lightning.weights.require("alexnet"/"vgg16")`,
+    pretrained=True needs torchvision's ImageNet trunk (`mp_lightning.io.weights.require("alexnet"/"vgg16")`,
     a `MissingWeightsError` when absent). pretrained=False uses a random trunk seeded with `seed`, so the
     values are reproducible but are *not* LPIPS: for offline tests and smoke runs only.
     """
@@ -169,7 +169,7 @@ def build_lpips_net(net: str = "alex", pretrained: bool = True, seed: int = 0) -
         # lpips still calls torchvision with the deprecated `pretrained=` argument
         warnings.simplefilter("ignore", UserWarning)
         if pretrained:
-            from mp_lightning.weights import require
+            from mp_lightning.io.weights import require
 
             require(_LPIPS_BACKBONE_WEIGHTS[net])
             model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=False, verbose=False)
@@ -440,7 +440,7 @@ def fid_unavailable_reason() -> Optional[str]:
         importlib.import_module("torch_fidelity")
     except ImportError:
         return "FID skipped: torch-fidelity is not installed (`pip install torch-fidelity`)"
-    from mp_lightning.weights import require
+    from mp_lightning.io.weights import require
 
     try:
         require("inception_fid")

@@ -62,7 +62,7 @@ class FaceEmbedder(nn.Module):
 
     Args:
         backbone: only "facenet" (InceptionResnetV1) for now.
-        pretrained: load the VGGFace2 weights via `mp_lightning.weights.require("vggface2")` (raises
+        pretrained: load the VGGFace2 weights via `mp_lightning.io.weights.require("vggface2")` (raises
             `MissingWeightsError` when the file is absent); False = seeded random init, for tests.
         align: "center" (fixed crop, differentiable) or "mtcnn" (detected crop, evaluation).
         center_fraction: share of the frame's shorter side kept by the centre crop. 0.8 keeps the face
@@ -99,7 +99,7 @@ class FaceEmbedder(nn.Module):
         self.center_fraction = float(center_fraction)
         self.mtcnn_margin = int(mtcnn_margin)
         if pretrained:
-            from mp_lightning.weights import require
+            from mp_lightning.io.weights import require
 
             path = require("vggface2")  # before building: a missing file fails fast with a clear message
             self.net = InceptionResnetV1(pretrained=None, classify=False)

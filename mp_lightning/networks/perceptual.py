@@ -40,10 +40,10 @@ class ImagePyramid(nn.Module):
 
 def vgg19_layers(pretrained: bool = True) -> nn.Sequential:
     """torchvision's VGG19 `features` (conv and ReLU layers); with `pretrained`, its ImageNet weights from
-    `mp_lightning.weights.require("vgg19")` (a `MissingWeightsError` naming the file when it is absent)."""
+    `mp_lightning.io.weights.require("vgg19")` (a `MissingWeightsError` naming the file when it is absent)."""
     from torchvision.models.vgg import cfgs, make_layers
 
-    from mp_lightning.weights import require
+    from mp_lightning.io.weights import require
 
     features = make_layers(cfgs["E"], batch_norm=False)
     if pretrained:
@@ -55,7 +55,7 @@ def vgg19_layers(pretrained: bool = True) -> nn.Sequential:
 class Vgg19Features(nn.Module):
     """Frozen VGG19 feature slices. forward(x (B, 3, H, W) in [0, 1]) -> 5 maps (relu1_1 ... relu5_1).
 
-    `pretrained=True` loads torchvision's ImageNet weights from `mp_lightning.weights.require("vgg19")`
+    `pretrained=True` loads torchvision's ImageNet weights from `mp_lightning.io.weights.require("vgg19")`
     (raises `MissingWeightsError` naming the file when it is absent); `pretrained=False` keeps a random
     init (tests, smoke runs).
     """

@@ -276,7 +276,7 @@ def _write_atomic_npy(path: Path, arr: np.ndarray) -> None:
 
 def process_video(job: VideoJob) -> dict:
     """Preprocess one raw video into clips; returns its report entry (never raises for bad videos)."""
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
 
     s = job.settings
     entry = {"video": job.rel, "identity": job.identity, "split": job.split, "status": "ok", "clips": [], "dropped": []}
@@ -565,7 +565,7 @@ def _report(raw: Path, out: Path, settings: Settings, spec: dict | None, entries
         "landmarks": None if spec is None else spec.get("name", spec.get("preset")),
         "identity_embeddings": (
             "written" if emb_states == {"written"} else
-            "skipped: VGGFace2 weights missing (mp_lightning.weights.require('vggface2'))" if clips else "no clips"
+            "skipped: VGGFace2 weights missing (mp_lightning.io.weights.require('vggface2'))" if clips else "no clips"
         ),
         "totals": {
             "videos": len(videos),

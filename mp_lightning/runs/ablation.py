@@ -106,7 +106,7 @@ def run_ablation(
 ) -> dict:
     """Train + evaluate every row (reusing finished ones); returns {"rows", "table_md", "table_csv", ...}."""
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import run_evaluation, run_training
+    from mp_lightning.runs.training import run_evaluation, run_training
 
     ablation = load_ablation_set(set_file)
     extra = list(extra_overrides)

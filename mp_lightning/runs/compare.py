@@ -49,7 +49,7 @@ def methods_from_args(items: Sequence[str]) -> list[Method]:
 def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[str] = (),
                 video_frames: int = 32, wandb_mode: str = "offline") -> dict:
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import run_evaluation
+    from mp_lightning.runs.training import run_evaluation
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +92,8 @@ def _markdown(rows, metrics) -> str:
 def compare_video(methods: list[Method], configs: dict, stages: dict, path: Path, num_frames: int) -> Path | None:
     """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving);
     `stages`: each method's evaluated stage, by name."""
-    from mp_lightning.inputs import load_driving, load_source
-    from mp_lightning.video import write_video
+    from mp_lightning.io.inputs import load_driving, load_source
+    from mp_lightning.io.video import write_video
 
     first = configs[methods[0].name]
     clips = sorted((Path(first.data.root) / first.data.test_split).rglob("*.mp4"))

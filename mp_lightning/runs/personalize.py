@@ -68,7 +68,7 @@ class Evaluator:
     """Metrics of a stage's predictions on held-out frames (source = first frame)."""
 
     def __init__(self, lpips_pretrained: bool = True, identity_pretrained: bool = True, identity: bool = True):
-        from callbacks.metrics import L1, LPIPS, PSNR, SSIM, IdentitySimilarity
+        from mp_lightning.metrics.suite import L1, LPIPS, PSNR, SSIM, IdentitySimilarity
 
         self.metrics = {"lpips": LPIPS(pretrained=lpips_pretrained), "psnr": PSNR(), "ssim": SSIM(), "l1": L1()}
         if identity:

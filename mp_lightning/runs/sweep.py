@@ -31,7 +31,7 @@ from mp_lightning.errors import ConfigError
 STATE_FILE = "sweep_state.json"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
-TRAIN_SUMMARY = "train_summary.json"  # written by mp_lightning.training.run_training
+TRAIN_SUMMARY = "train_summary.json"  # written by mp_lightning.runs.training.run_training
 DEFAULT_MAX_RUNS = 10  # random/bayes sweeps never run out of suggestions
 
 

@@ -77,7 +77,7 @@ class Stage(L.LightningModule):
         """What this stage derives from each data sample, to run in the DataLoader workers, or None.
 
         A picklable callable `item -> item` over one sample dict of the DataModule (no batch axis);
-        `mp_lightning.training.connect_stage_and_data` hands it to the DataModule, so work such as
+        `mp_lightning.runs.training.connect_stage_and_data` hands it to the DataModule, so work such as
         landmark drawing happens in the workers instead of on the main process inside `training_step`.
         The stage must still accept batches without those keys (it derives them itself then).
         """

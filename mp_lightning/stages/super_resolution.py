@@ -500,7 +500,7 @@ class SuperResolutionStage(Stage):
     # --- validation -----------------------------------------------------------------------------------
     def _warp_metric(self):
         if self._val_warp is None:
-            from callbacks.metrics import TemporalWarpingError
+            from mp_lightning.metrics.suite import TemporalWarpingError
 
             self._val_warp = {k: TemporalWarpingError(flow_source="target") for k in ("sr", "bicubic")}
         return self._val_warp
