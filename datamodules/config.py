@@ -4,17 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from mp_lightning.config.choices import Choice
-
-
-class SamplingMode(Choice):
-    """`data.mode`: what one item of the DataModule is (its batch keys: `mp_lightning.batch.KEYS`)."""
-
-    pairs = "pairs"  # a source and a driving frame of the same clip
-    windows = "windows"  # T consecutive frames of a clip (temporal SR)
-    identity_tasks = "identity_tasks"  # one person: a source, support and query driving frames (meta-learning)
-    cross_identity = "cross_identity"  # a source and a driving frame of another identity (no ground truth)
-
+from mp_lightning.batch import SamplingMode
 
 MODES = tuple(m.value for m in SamplingMode)
 

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from datamodules.config import SamplingMode
+from mp_lightning.choices import Choice
+
+
+class SamplingMode(Choice):
+    """`data.mode`: what one item of the DataModule is."""
+
+    pairs = "pairs"  # a source and a driving frame of the same clip
+    windows = "windows"  # T consecutive frames of a clip (temporal SR)
+    identity_tasks = "identity_tasks"  # one person: a source, support and query driving frames (meta-learning)
+    cross_identity = "cross_identity"  # a source and a driving frame of another identity (no ground truth)
+
 
 PAIR_KEYS = ("source", "driving", "source_landmarks", "driving_landmarks", "source_index", "driving_index",
              "clip", "identity")

@@ -22,12 +22,12 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from mp_lightning.io.inputs import resolve_device
+    from mp_lightning.preprocess.inputs import resolve_device
 
     import torch
 
     from mp_lightning import load_stage
-    from mp_lightning.io.inputs import load_driving, load_source
+    from mp_lightning.preprocess.inputs import load_driving, load_source
     from mp_lightning.io.video import write_video
 
     stage = load_stage(args.checkpoint, map_location=resolve_device(args.device))

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from mp_lightning.io.inputs import resolve_device
+    from mp_lightning.preprocess.inputs import resolve_device
 
     from pathlib import Path
 

@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from mp_lightning.config.choices import Choice
+from mp_lightning.choices import Choice
 
 
 class LoggerType(Choice):

@@ -92,7 +92,7 @@ def _markdown(rows, metrics) -> str:
 def compare_video(methods: list[Method], configs: dict, stages: dict, path: Path, num_frames: int) -> Path | None:
     """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving);
     `stages`: each method's evaluated stage, by name."""
-    from mp_lightning.io.inputs import load_driving, load_source
+    from mp_lightning.preprocess.inputs import load_driving, load_source
     from mp_lightning.io.video import write_video
 
     first = configs[methods[0].name]

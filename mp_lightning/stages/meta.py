@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from mp_lightning.errors import ConfigError
 from mp_lightning.batch import holds_tasks, tasks_as_pairs
 from mp_lightning.reptile import adaptation_groups, inner_loop, outer_update
-from mp_lightning.config.choices import Choice
+from mp_lightning.choices import Choice
 from mp_lightning.stages import stage_class, stage_names
 from mp_lightning.stages.base import Stage
 from mp_lightning.state_dicts import load_matching, read_state_dict

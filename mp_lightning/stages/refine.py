@@ -17,7 +17,7 @@ from typing import List
 
 import torch
 
-from mp_lightning.config.choices import Choice
+from mp_lightning.choices import Choice
 from mp_lightning.errors import ConfigError, DataError
 from mp_lightning.stages.base import call_frozen, detached
 from mp_lightning.stages.warp import MetaPortraitStage, WarpStageConfig

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mp_lightning.config.choices import Choice
+from mp_lightning.choices import Choice
 from mp_lightning.errors import ConfigError
 from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD, vgg19_layers
 from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator, init_from_gfpgan
