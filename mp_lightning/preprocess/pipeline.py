@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mp_lightning.errors import DataError, MissingWeightsError, UserFacingError
+from mp_lightning.io.video import video_fps
 from mp_lightning.preprocess import tracking
 from mp_lightning.preprocess.landmark_sources import (
     LandmarkSource,
@@ -101,14 +102,6 @@ def iter_frames(path: str | Path):
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):
             yield i, frame.to_ndarray(format="rgb24")
-
-
-def video_fps(path: str | Path) -> float:
-    import av
-
-    with av.open(str(path)) as container:
-        rate = container.streams.video[0].average_rate
-    return float(rate) if rate else 25.0
 
 
 def scan_faces(path: str | Path, detector: tracking.FaceDetector, every: int) -> dict:

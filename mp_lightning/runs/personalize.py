@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mp_lightning.errors import DataError
+from mp_lightning.io.video import read_video, video_fps
 from mp_lightning.reptile import adapt, adaptation_groups, make_inner_optimizer
 from mp_lightning.stages.base import save_stage_checkpoint
 
@@ -36,18 +37,13 @@ def step_schedule(steps: int, every: Optional[int] = None) -> list[int]:
 
 def load_clip(video: str | Path, image_size: int) -> dict:
     """frames (T, 3, S, S) in [0, 1], landmarks (T, K, 2) in [0, 1] (from <clip>.landmarks.npy), fps."""
-    import av
-
     video = Path(video)
     if not video.is_file():
         raise DataError(f"video not found: {video}")
     landmarks_path = video.with_suffix(".landmarks.npy")
     if not landmarks_path.is_file():
         raise DataError(f"no landmarks beside the video: expected {landmarks_path} (run `mp-lightning preprocess`)")
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 25)
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    fps, frames = video_fps(video), read_video(video)
     landmarks = np.load(landmarks_path).astype(np.float32)
     n = min(len(frames), len(landmarks))
     if n < 2:
