@@ -141,7 +141,7 @@ def _measure(name: str, opts: argparse.Namespace) -> dict:
     import torch
 
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage, connect_stage_and_data
+    from mp_lightning.runs.training import build_datamodule, build_stage, connect_stage_and_data
 
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*(GPU available|TPU available|LOCAL_RANK|tensor cores).*")

@@ -32,7 +32,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def _setup(config: str, data_root: Path, overrides: list[str]):
     from datamodules import write_synthetic_dataset
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     if not (data_root / "landmarks.json").is_file():
         write_synthetic_dataset(data_root, identities=12, videos_per_identity=1, clips_per_video=1, frames=24, size=64,
@@ -46,13 +46,13 @@ def _setup(config: str, data_root: Path, overrides: list[str]):
 
 
 def overhead(args) -> dict:
-    from mp_lightning.stages.meta import adapt, make_inner_optimizer, outer_update
+    from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
     cfg, dm, meta, batch = _setup(args.config, Path(args.data), args.override)
     hp = meta.hp
     opt_outer = meta.configure_optimizers()["optimizer"]
-    from datamodules import task_pairs
+    from mp_lightning.batch import task_pairs
 
     num_tasks = batch["source"].shape[0]
     tasks = [task_pairs(batch, t, "support") for t in range(num_tasks)]
@@ -97,12 +97,12 @@ def overhead(args) -> dict:
 
 
 def _memory_child(args) -> None:
-    from mp_lightning.stages.meta import adapt, make_inner_optimizer, outer_update
+    from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
     cfg, dm, meta, batch = _setup(args.config, Path(args.data), args.override)
     hp = meta.hp
-    from datamodules import task_pairs
+    from mp_lightning.batch import task_pairs
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.mode == "plain":
@@ -140,8 +140,8 @@ def experiment(args) -> dict:
     """Standard vs Reptile initialization from one start, same inner-step budget; personalize on held-out ids."""
     import copy
 
-    from mp_lightning.personalize import personalize
-    from mp_lightning.stages.meta import adapt, make_inner_optimizer, outer_update, stage_loss  # noqa: F401
+    from mp_lightning.runs.personalize import personalize
+    from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
     cfg, dm, meta, _ = _setup(args.config, Path(args.data), args.override)
@@ -167,7 +167,7 @@ def experiment(args) -> dict:
     meta_state = copy.deepcopy(meta.inner.state_dict())
     # standard: the same number of steps of plain Adam on the same kind of pairs
     meta.inner.load_state_dict(start)
-    from datamodules import task_pairs
+    from mp_lightning.batch import task_pairs
 
     groups = meta.meta_groups()
     params = [p for g in groups for p in g["params"]]

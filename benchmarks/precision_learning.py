@@ -41,7 +41,7 @@ def main() -> None:
 
     from datamodules import write_synthetic_dataset
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage, connect_stage_and_data
+    from mp_lightning.runs.training import build_datamodule, build_stage, connect_stage_and_data
 
     class LossCurve(L.Callback):
         def __init__(self):

@@ -30,7 +30,7 @@ def main() -> int:
     from mp_lightning.config.compose import compose
     from mp_lightning.reenactment_report import reenact_test_portraits, test_pair_scores
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     data = ensure_quickstart_data(Path(args.data))
     out = Path(args.out)

@@ -45,7 +45,7 @@ def _measure(name: str, steps: int, frames: int, batch: int, data_dir: Path) -> 
     import torch
 
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage, connect_stage_and_data
+    from mp_lightning.runs.training import build_datamodule, build_stage, connect_stage_and_data
 
     experiment, extra = CASES[name]
     base = compose(experiment, extra)

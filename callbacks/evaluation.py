@@ -8,6 +8,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from mp_lightning.batch import is_cross_identity
+
 
 def split_prefix(split: str, set_name: str | None) -> str:
     """`val/lpips`, `test/lpips` for self-reenactment; `test/cross/id_similarity` for other sets."""
@@ -26,7 +28,7 @@ class MetricsCallback(L.Callback):
 
     def _suite(self, pl_module, prefix: str, reference_available: bool):
         if prefix not in self._suites:
-            from callbacks.metrics import MetricSuite
+            from mp_lightning.metrics.suite import MetricSuite
 
             self._suites[prefix] = MetricSuite(self.metrics_config, reference_available=reference_available)
         suite = self._suites[prefix]
@@ -43,7 +45,7 @@ class MetricsCallback(L.Callback):
         if not isinstance(outputs, dict) or "prediction" not in outputs:
             return
         name = self._set_name(trainer, split, dataloader_idx)
-        cross = name == "cross" or "driving_identity" in batch
+        cross = name == "cross" or is_cross_identity(batch)
         suite = self._suite(pl_module, split_prefix(split, name), reference_available=not cross)
         with torch.no_grad():
             suite.update(outputs, batch)

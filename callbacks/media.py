@@ -59,7 +59,7 @@ class MediaCallback(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx != 0 or dataloader_idx != 0 or not self._due(trainer) or not isinstance(outputs, dict):
             return
-        from mp_lightning.video import write_image
+        from mp_lightning.io.video import write_image
 
         grid = image_grid(batch, outputs, self.num_samples)
         caption = " | ".join(c for c in GRID_COLUMNS if torch.is_tensor(outputs.get(c, batch.get(c))))
@@ -90,8 +90,8 @@ class MediaCallback(L.Callback):
         driving = sample["driving"].to(frames.device)
         source = sample["source"].to(frames.device).expand_as(frames)
         side_by_side = torch.cat([source, driving, frames], dim=3)
-        from mp_lightning.training import wandb_logger
-        from mp_lightning.video import write_video
+        from mp_lightning.io.video import write_video
+        from mp_lightning.runs.training import wandb_logger
 
         path = write_video(self._media_path(trainer, "clip", ".mp4"), side_by_side, fps=self.fps)
         wandb = wandb_logger(trainer.loggers)

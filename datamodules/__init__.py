@@ -17,7 +17,7 @@ _EXPORTS = {
     "ClipSampleDataset": "datamodules.voxceleb",
     "VoxCelebDataModule": "datamodules.voxceleb",
     "min_frames_for": "datamodules.voxceleb",
-    "task_pairs": "datamodules.voxceleb",
+    "task_pairs": "mp_lightning.batch",  # the batch contract lives with the stages' side of it
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,14 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-MODES = ("pairs", "windows", "identity_tasks", "cross_identity")
+from mp_lightning.batch import SamplingMode
+
+MODES = tuple(m.value for m in SamplingMode)
 
 
 @dataclass
 class DataConfig:
     root: str = "data/synthetic"  # dataset root holding {train,test}/ and landmarks.json
     image_size: int = 256  # frames of another size are resized (area interpolation) to this square size
-    mode: str = "pairs"  # one of "pairs", "windows", "identity_tasks", "cross_identity"
+    mode: SamplingMode = SamplingMode.pairs  # pairs | windows | identity_tasks | cross_identity
     batch_size: int = 4  # per device (per DDP process)
     val_batch_size: Optional[int] = None  # validation/test batch size; None = batch_size
     num_workers: int = 2  # DataLoader worker processes per device; each opens its own video readers

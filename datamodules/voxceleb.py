@@ -16,7 +16,7 @@ Batch keys (images float32 ``(.., 3, H, W)`` in [0, 1]; landmarks float32 ``(..,
     source (B, 3, H, W), source_landmarks (B, K, 2), source_index (B,);
     support_driving (B, S, 3, H, W), support_driving_landmarks (B, S, K, 2),
     support_driving_index (B, S); query_driving / query_driving_landmarks / query_driving_index
-    likewise with Q; identity, clip (the source's). :func:`task_pairs` turns one task into a
+    likewise with Q; identity, clip (the source's). `mp_lightning.batch.task_pairs` turns one task into a
     ``pairs`` batch.
 
 Every mode adds ``source_identity`` (B, D) when every clip of the split has a
@@ -350,48 +350,6 @@ class _ClipFailed(Exception):
         super().__init__(clip.name)
         self.clip = clip
         self.error = error
-
-
-def task_pairs(batch: dict, task_index: int, split: str) -> dict:
-    """One task of an ``identity_tasks`` batch as a ``pairs`` batch.
-
-    The task's source is repeated against its ``split`` ("support" or "query") driving frames:
-    source, driving (N, 3, H, W); source_landmarks, driving_landmarks (N, K, 2); source_index,
-    driving_index (N,); clip, identity (list[str] of length N); source_identity (N, D) if present;
-    source_line (N, 3, H, W) and driving_line / eye_mask / mouth_mask / gaze_points when the batch
-    carries the source line and that split's ``{split}_driving_line`` etc. (a stage's sample transform).
-    """
-    if split not in ("support", "query"):
-        raise ValueError(f"split must be 'support' or 'query', got {split!r}")
-    driving = batch[f"{split}_driving"][task_index]
-    n = driving.shape[0]
-    out = {
-        "source": batch["source"][task_index].unsqueeze(0).repeat(n, 1, 1, 1),
-        "driving": driving,
-        "source_index": batch["source_index"][task_index].repeat(n),
-        "driving_index": batch[f"{split}_driving_index"][task_index],
-        "clip": [batch["clip"][task_index]] * n,
-        "identity": [batch["identity"][task_index]] * n,
-    }
-    if "source_landmarks" in batch:
-        out["source_landmarks"] = batch["source_landmarks"][task_index].unsqueeze(0).repeat(n, 1, 1)
-        out["driving_landmarks"] = batch[f"{split}_driving_landmarks"][task_index]
-    if "source_identity" in batch:
-        out["source_identity"] = batch["source_identity"][task_index].unsqueeze(0).repeat(n, 1)
-    if "source_identity_kind" in batch:
-        out["source_identity_kind"] = [batch["source_identity_kind"][task_index]] * n
-    if "source_semantics" in batch:
-        out["source_semantics"] = batch["source_semantics"][task_index].unsqueeze(0).repeat(n, 1, 1)
-        out["driving_semantics"] = batch[f"{split}_driving_semantics"][task_index]
-    if "semantics_kind" in batch:
-        out["semantics_kind"] = [batch["semantics_kind"][task_index]] * n
-    # inputs a stage's sample transform derived in the workers (e.g. MetaPortrait's landmark drawings)
-    if "source_line" in batch:
-        out["source_line"] = batch["source_line"][task_index].unsqueeze(0).repeat(n, 1, 1, 1)
-    for key in ("driving_line", "eye_mask", "mouth_mask", "gaze_points"):
-        if f"{split}_{key}" in batch:
-            out[key] = batch[f"{split}_{key}"][task_index]
-    return out
 
 
 def _as_config(config) -> DataConfig:

@@ -126,7 +126,7 @@ def write_grid(path: str | Path, source: Tensor, rows: Dict[str, tuple], frames:
     prediction. rows: name -> (driving (T, 3, H, W), prediction (T, 3, H, W))."""
     import cv2
 
-    from mp_lightning.video import to_uint8_frames
+    from mp_lightning.io.video import to_uint8_frames
 
     lines = []
     for name, (driving, prediction) in rows.items():
@@ -150,10 +150,10 @@ def reenact_test_portraits(stage, data_root: str | Path, out_dir: str | Path, ma
     """Animate a test portrait driven by its own identity's clip and by another test identity's clip;
     write `self_reenactment.mp4`, `cross_identity.mp4` (source | driving | prediction) and `grid.png`
     to `out_dir`, and return their paths and the offline metrics (those the installed extra allows)."""
-    from mp_lightning.inputs import load_driving, load_source
+    from mp_lightning.preprocess.inputs import load_driving, load_source
     from mp_lightning.networks.dlib_face import dlib_unavailable_reason
     from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
 
     out_dir = Path(out_dir)
     size = int(stage.hparams["config"]["data"]["image_size"])
@@ -188,7 +188,7 @@ def test_pair_scores(stage, data_root: str | Path, frames_per_clip: int = 12) ->
     """`reference_scores` over the test split's self-reenactment pairs: in every test clip, frame 0 is the
     source and `frames_per_clip` evenly spaced frames are driving frames (and ground truth). Means over
     all pairs; lower is better."""
-    from mp_lightning.inputs import load_driving
+    from mp_lightning.preprocess.inputs import load_driving
     from mp_lightning.networks.st_lpips import load_st_lpips
 
     net = load_st_lpips("alex")

@@ -24,7 +24,7 @@ SHORT = [
 
 @pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
 def test_ablation_sets_name_existing_composable_rows(path):
-    from mp_lightning.ablation import is_ablation_set, load_ablation_set
+    from mp_lightning.runs.ablation import is_ablation_set, load_ablation_set
     from mp_lightning.config.compose import compose
 
     assert is_ablation_set(path)
@@ -63,7 +63,7 @@ def test_row_files_state_only_their_change():
     ([{"name": "a", "experiment": "x.yaml"}, {"name": "a", "experiment": "y.yaml"}], "twice"),
 ])
 def test_bad_ablation_sets_are_rejected(tmp_path, rows, message):
-    from mp_lightning.ablation import load_ablation_set
+    from mp_lightning.runs.ablation import load_ablation_set
     from mp_lightning.errors import ConfigError
 
     path = tmp_path / "set.yaml"
@@ -74,7 +74,7 @@ def test_bad_ablation_sets_are_rejected(tmp_path, rows, message):
 
 @pytest.mark.slow
 def test_tiny_ablation_set_writes_a_table_with_every_row(tiny_data, tmp_path):
-    from mp_lightning.ablation import load_ablation_set, run_ablation
+    from mp_lightning.runs.ablation import load_ablation_set, run_ablation
 
     ablation = load_ablation_set(PAPER / "ablation_base_tiny.yaml")
     out = tmp_path / "ablation"
@@ -108,7 +108,7 @@ def test_tiny_ablation_set_writes_a_table_with_every_row(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("path", SR_SETS, ids=[p.name for p in SR_SETS])
 def test_sr_ablation_sets_pair_temporal_and_per_frame(path):
-    from mp_lightning.ablation import load_ablation_set
+    from mp_lightning.runs.ablation import load_ablation_set
     from mp_lightning.config.compose import compose
 
     ablation = load_ablation_set(path)
@@ -120,7 +120,7 @@ def test_sr_ablation_sets_pair_temporal_and_per_frame(path):
 
 @pytest.mark.slow
 def test_tiny_sr_ablation_reports_validation_metrics(tiny_data, tmp_path):
-    from mp_lightning.ablation import run_ablation
+    from mp_lightning.runs.ablation import run_ablation
 
     result = run_ablation(PAPER / "ablation_sr_tiny.yaml", tiny_overrides(tiny_data, tmp_path, *SHORT),
                           out_dir=tmp_path / "sr", quiet=True, log_wandb_table=False)

@@ -81,3 +81,25 @@ def test_cli_reports_config_errors_in_one_line(capsys):
     assert main(["print-config", str(WARP_TINY), "trainer.max_step=3"]) == 2
     err = capsys.readouterr().err
     assert "error: unknown config key 'trainer.max_step'" in err and "Traceback" not in err
+
+
+def test_a_defaults_entry_grafts_a_file_under_a_key(tmp_path):
+    (tmp_path / "net.yaml").write_text("net:\n  code_dim: 7\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"defaults:\n  - {WARP_TINY}\n  - model.inner: net.yaml\n")
+    raw = load_yaml_with_defaults(exp)
+    assert raw.model.inner.net.code_dim == 7 and raw.model.net.code_dim == 16  # beside warp_tiny's own model
+    exp.write_text("defaults:\n  - {a: net.yaml, b: net.yaml}\n")
+    with pytest.raises(ConfigError, match="one 'key: file' pair"):
+        load_yaml_with_defaults(exp)
+
+
+@pytest.mark.parametrize("override, choices", [
+    ("data.mode=pair", "pairs, windows, identity_tasks, cross_identity"),
+    ("logger.type=tensorboard", "wandb, csv, none"),
+    ("logger.mode=live", "offline, online, disabled"),
+])
+def test_an_enum_option_rejects_a_bad_value_naming_the_valid_ones(override, choices):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}'.*{choices}"):
+        compose(WARP_TINY, [override])

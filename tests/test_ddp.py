@@ -97,7 +97,7 @@ CONTROL = ("baselines/fomm_tiny.yaml", CASES["fomm"][1] + ["model.sync_batchnorm
 @pytest.mark.parametrize("case", sorted(CASES) + ["control_fomm_unsynced_bn"])
 def test_two_process_ddp_equals_one_process(case, tiny_data, tmp_path):
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     experiment, extra = CASES.get(case, CONTROL)
     cfg = compose(EXPERIMENTS / experiment, tiny_overrides(tiny_data, tmp_path, *extra))

@@ -18,7 +18,7 @@ NOT_EXPERIMENTS = ("base", "debug", "sweeps", "cluster")  # overlays, sweep file
 def _is_experiment(path: Path) -> bool:
     from omegaconf import OmegaConf
 
-    from mp_lightning.ablation import is_ablation_set
+    from mp_lightning.runs.ablation import is_ablation_set
     from mp_lightning.config.compose import load_yaml_with_defaults
 
     if is_ablation_set(path):
@@ -66,7 +66,7 @@ def test_experiment_composes(path):
 @pytest.mark.parametrize("path", TINY, ids=TINY_IDS)
 def test_tiny_experiment_fast_dev_run(path, tiny_data, tmp_path):
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     cfg = compose(path, tiny_overrides(tiny_data, tmp_path), [EXPERIMENTS / "debug" / "fast_dev_run.yaml"])
     result = run_training(cfg)

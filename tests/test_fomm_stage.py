@@ -14,7 +14,7 @@ TINY = EXPERIMENTS / "baselines" / "fomm_tiny.yaml"
 
 @pytest.mark.parametrize("gan", ["0", pytest.param("1", marks=pytest.mark.slow)])
 def test_fast_dev_run(tiny_data, tmp_path, gan):
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     extra = ["name=fdr", f"model.losses.generator_gan={gan}", f"model.net.disc_use_kp={'true' if gan == '1' else 'false'}"]
     cfg = compose(TINY, tiny_overrides(tiny_data, tmp_path, *extra), [FAST])
@@ -24,7 +24,7 @@ def test_fast_dev_run(tiny_data, tmp_path, gan):
 
 @pytest.fixture(scope="module")
 def stage_and_batch(tiny_data):
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = compose(TINY, tiny_overrides(tiny_data, tiny_data / "runs", "data.augment_flip=false"))
@@ -70,7 +70,7 @@ def test_tiny_fomm_overfits_one_batch(tiny_data):
     """Perceptual + equivariance loss on one fixed batch must fall by at least half in a few dozen steps.
 
     Kept cheap for a shared 2-core CI machine: 2 samples at 32 px, one perceptual scale."""
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = compose(TINY, tiny_overrides(tiny_data, tiny_data / "runs", "data.augment_flip=false",

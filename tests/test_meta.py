@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from mp_lightning.stages.base import Stage
-from mp_lightning.stages.meta import MetaLearningModule, outer_update
+from mp_lightning.reptile import outer_update
+from mp_lightning.stages.meta import MetaLearningModule
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
@@ -28,10 +29,10 @@ class ToyStage(Stage):
     def forward(self, batch):
         return {"prediction": self.w.view(1, 3, 1, 1) * batch["source"] + self.b.view(1, 3, 1, 1)}
 
-    def meta_loss(self, batch):
+    def adaptation_loss(self, batch):
         return ((self(batch)["prediction"] - batch["driving"]) ** 2).mean()
 
-    def meta_param_groups(self, warp_lr_multiplier):
+    def adaptation_param_groups(self, warp_lr_multiplier):
         return [{"params": [self.w, self.b], "mult": 1.0, "name": "toy"}]
 
 
@@ -153,7 +154,7 @@ def _meta_cfg(tiny_data, run_root, experiment="meta_warp_tiny.yaml", *extra):
         tiny_data, run_root, "data.mode=identity_tasks", "data.support_frames=1", "data.query_frames=1",
         "data.augment_flip=false", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "trainer.limit_train_batches=2", "trainer.max_steps=-1",
-        "callbacks.metrics=false", *extra))
+        "mp_lightning.metrics.suite=false", *extra))
 
 
 def test_schema_types_inner_by_the_inner_stage():
@@ -176,7 +177,7 @@ def test_resume_matches_uninterrupted(tiny_data, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = _meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=resume", "data.batch_size=1",
                     "model.inner.perceptual.scales=[1.0]")
@@ -217,7 +218,7 @@ def test_resume_matches_uninterrupted(tiny_data, tmp_path):
 def test_refine_meta_fast_dev_run_and_validation(tiny_data, tmp_path):
     """The refinement stage meta-trains; validation delegates to it; weights change; remove_sn works."""
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     result = run_training(_meta_cfg(tiny_data, tmp_path, "meta_tiny.yaml", "name=refine", "trainer.max_epochs=1",
                                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.batch_size=1",
@@ -237,7 +238,7 @@ def test_fomm_inner_stage_adapts(tiny_data):
     """The FOMM baseline works as the inner stage (its loss without the GAN terms falls)."""
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.fomm import FOMMStage
-    from mp_lightning.stages.meta import inner_param_groups, stage_loss
+    from mp_lightning.reptile import adaptation_groups
 
     fomm_tiny = EXPERIMENTS / "baselines" / "fomm_tiny.yaml"
     if not fomm_tiny.is_file():
@@ -251,7 +252,7 @@ def test_fomm_inner_stage_adapts(tiny_data):
     meta = MetaLearningModule(meta_cfg)
     assert isinstance(meta.inner, FOMMStage)
     batch = toy_batch_images(2, cfg.data.image_size)
-    groups = inner_param_groups(meta.inner, 0.1)
+    groups = adaptation_groups(meta.inner, 0.1)
     r = meta.inner_loop(batch)
     assert all(torch.isfinite(d).all() for d in r["delta_sum"]) and any(d.abs().sum() > 0 for d in r["delta_sum"])
     assert len(r["losses"]) == 2 * 3 and groups

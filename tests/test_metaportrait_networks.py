@@ -137,7 +137,8 @@ def test_golden_warp_only_outputs(golden_generator):
 
 
 def test_converter_errors_name_keys(tmp_path):
-    from mp_lightning.checkpoints.metaportrait import detect_spectral_norm, load_checked, load_official_generator
+    from mp_lightning.checkpoints.metaportrait import detect_spectral_norm, load_official_generator
+    from mp_lightning.state_dicts import load_strict
 
     g = MetaPortraitGenerator(MetaPortraitNetConfig.tiny())
     assert detect_spectral_norm(g.state_dict())
@@ -146,7 +147,7 @@ def test_converter_errors_name_keys(tmp_path):
     sd["fuse_high_res.weight"] = torch.zeros(3)
     sd["extra.key"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as e:
-        load_checked(g, sd, "bad.pth.tar")
+        load_strict(g, sd, "bad.pth.tar")
     msg = str(e.value)
     assert "fuse_high_res.bias" in msg and "extra.key" in msg and "fuse_high_res.weight" in msg
     with pytest.raises(CheckpointError, match="no such"):

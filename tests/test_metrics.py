@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks.metrics import (
+from mp_lightning.metrics.suite import (
     AED,
     AKD,
     L1,

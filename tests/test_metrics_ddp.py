@@ -46,7 +46,7 @@ def _take(d, idx):
 
 
 def _worker(rank, world, port, result_path):
-    from callbacks.metrics import MetricSuite
+    from mp_lightning.metrics.suite import MetricSuite
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -69,7 +69,7 @@ def _free_port():
 
 @pytest.mark.slow  # two fresh Python processes importing torch, lpips, facenet, stlpips, dlib: ~70 s on 2 shared cores
 def test_two_ranks_equal_single_process(tmp_path):
-    from callbacks.metrics import MetricSuite
+    from mp_lightning.metrics.suite import MetricSuite
 
     result_path = str(tmp_path / "values")
     mp.spawn(_worker, args=(2, _free_port(), result_path), nprocs=2, join=True)

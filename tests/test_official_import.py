@@ -47,7 +47,7 @@ def test_imported_official_checkpoint_animates_a_clip_with_its_source_identity(o
     --source-identity or SOURCE.identity.npy, and says what is missing when neither exists."""
     import numpy as np
 
-    from mp_lightning.video import read_video, write_image, write_video
+    from mp_lightning.io.video import read_video, write_image, write_video
 
     ckpt = official_ckpt
     inputs = torch.load(GOLDEN / "base_io.pt", map_location="cpu", weights_only=True)["inputs"]

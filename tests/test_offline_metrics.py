@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.metrics import MetricSuite
+from mp_lightning.metrics.suite import MetricSuite
 from mp_lightning.networks.dlib_face import dlib_unavailable_reason
 from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mp_lightning.personalize import step_schedule
+from mp_lightning.runs.personalize import step_schedule
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
@@ -21,7 +21,7 @@ def test_personalize_cli_writes_outputs_and_improves(tiny_data, tmp_path):
     from mp_lightning.cli import main
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.base import load_stage, save_stage_checkpoint
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = compose(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml",

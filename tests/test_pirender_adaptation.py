@@ -8,9 +8,9 @@ from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
 def test_personalize_fine_tunes_pirender_on_one_clip(tiny_data, tmp_path):
-    from mp_lightning.personalize import personalize
+    from mp_lightning.runs.personalize import personalize
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = compose(EXPERIMENTS / "baselines" / "pirender_tiny.yaml", tiny_overrides(tiny_data, tmp_path))
@@ -28,7 +28,7 @@ def test_personalize_fine_tunes_pirender_on_one_clip(tiny_data, tmp_path):
 
 
 def test_reptile_over_pirender_fast_dev_run(tiny_data, tmp_path):
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     cfg = compose(EXPERIMENTS / "baselines" / "pirender_meta_tiny.yaml",
                   tiny_overrides(tiny_data, tmp_path, "trainer.max_steps=2", "trainer.limit_val_batches=1",

@@ -9,8 +9,8 @@ import pytest
 from mp_lightning.cli import main
 from mp_lightning.config.compose import compose
 from mp_lightning.stages.base import save_stage_checkpoint
-from mp_lightning.training import build_datamodule, build_stage
-from mp_lightning.video import read_video
+from mp_lightning.runs.training import build_datamodule, build_stage
+from mp_lightning.io.video import read_video
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 

@@ -55,7 +55,7 @@ def _first_step(stage, samples, batch_size, devices, root):
 @pytest.mark.parametrize("warp_steps", [1, 0], ids=["warp_phase", "full_phase"])
 def test_two_processes_compute_the_one_process_gradient(tiny_data, tmp_path, warp_steps):
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = compose(EXPERIMENTS / "baselines" / "pirender_tiny.yaml",
                   tiny_overrides(tiny_data, tmp_path, f"model.warp_steps={warp_steps}"))

@@ -66,7 +66,7 @@ class FakeLmdb(dict):
 def test_import_pirender_lmdb_layout(tmp_path):
     import cv2
 
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
 
     source = tmp_path / "vox_lmdb"
     source.mkdir()

@@ -68,7 +68,7 @@ def test_preprocess_semantics_follows_a_known_head_roll(tmp_path):
     skdata = pytest.importorskip("skimage.data")
     from mp_lightning.cli import main
     from mp_lightning.preprocess import landmark_sources
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
 
     try:
         landmark_sources.import_mediapipe()
@@ -109,7 +109,7 @@ def test_preprocess_semantics_follows_a_known_head_roll(tmp_path):
 
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.training import build_stage
+    from mp_lightning.runs.training import build_stage
     from tests.conftest import EXPERIMENTS, tiny_overrides
 
     cfg = compose(EXPERIMENTS / "baselines" / "pirender_tiny.yaml",
@@ -123,6 +123,6 @@ def test_preprocess_semantics_follows_a_known_head_roll(tmp_path):
     video = tmp_path / "anim.mp4"
     assert main(["animate", "--checkpoint", str(ckpt), "--source", f"{clip}.mp4", "--driving",
                  str(drive / "moving.mp4"), "--max-frames", "6", "--out", str(video)]) == 0
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
 
     assert read_video(video).shape == (6, 128, 128, 3)

@@ -90,7 +90,7 @@ def test_scan_check_names_the_bad_descriptor_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ stage
 @pytest.fixture(scope="module")
 def stage_and_batch(tiny_data, tmp_path_factory):
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = _cfg(tiny_data, tmp_path_factory.mktemp("runs"))
@@ -128,7 +128,7 @@ def test_losses_use_both_directions_and_the_style_term_only_in_the_full_phase(st
 
 
 def test_model_refuses_descriptors_of_another_kind(tiny_data, tmp_path):
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = _cfg(tiny_data, tmp_path, "model.descriptor=deep3dfacerecon")
     dm = build_datamodule(cfg)
@@ -161,7 +161,7 @@ class _PhaseProbe:
 def test_warp_phase_then_full_phase_with_a_fresh_optimizer(tiny_data, tmp_path):
     import lightning as L
 
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     probe = _PhaseProbe()
 
@@ -211,7 +211,7 @@ def test_tiny_experiment_trains_evaluates_and_animates(tiny_data, tmp_path):
     out = tmp_path / "anim.mp4"
     assert main(["animate", "--checkpoint", str(ckpt), "--source", str(clips[0]), "--driving", str(clips[-1]),
                  "--driving-semantics", str(sem), "--max-frames", "5", "--out", str(out), "--side-by-side"]) == 0
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
 
     frames = read_video(out)
     assert len(frames) == 5 and frames.shape[2] == 3 * 64

@@ -16,7 +16,7 @@ from tests.conftest import EXPERIMENTS, tiny_overrides
 @pytest.fixture(scope="module")
 def warp_setup(tiny_data, tmp_path_factory):
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     root = tmp_path_factory.mktemp("precision")
     cfg = compose(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml", tiny_overrides(tiny_data, root))
@@ -98,7 +98,7 @@ def test_meta_stage_refuses_fp16_mixed(tiny_data, tmp_path):
 
     from mp_lightning.config.compose import compose
     from mp_lightning.errors import ConfigError
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = compose(EXPERIMENTS / "metaportrait" / "meta_tiny.yaml", tiny_overrides(tiny_data, tmp_path))
     stage = build_stage(cfg, build_datamodule(cfg))

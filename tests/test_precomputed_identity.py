@@ -13,7 +13,7 @@ import torch
 
 from mp_lightning.config.compose import compose
 from mp_lightning.errors import DataError
-from mp_lightning.training import build_datamodule, build_stage
+from mp_lightning.runs.training import build_datamodule, build_stage
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 RANDOM_KIND = "facenet-random-seed0"  # what the tiny configs' random-weight embedder maps into

@@ -52,7 +52,7 @@ def astro() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def raw_dir(tmp_path_factory, astro) -> Path:
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
 
     raw = tmp_path_factory.mktemp("raw")
     img = cv2.resize(astro, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
@@ -192,7 +192,7 @@ def test_known_motion_clip_is_one_track_whose_landmarks_follow_the_motion(proces
     assert moving["status"] == "ok" and moving["tracks"] == 1 and len(moving["clips"]) == 1
     clip = moving["clips"][0]
     assert clip["clip"] == "train/astronaut/moving/00000" and clip["frames"] == [0, T]
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
 
     frames = read_video(out / f"{clip['clip']}.mp4")
     assert frames.shape == (T, CROP, CROP, 3)

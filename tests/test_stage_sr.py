@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mp_lightning.config.compose import compose
-from mp_lightning.training import run_training
+from mp_lightning.runs.training import run_training
 from tests.conftest import EXPERIMENTS, REFERENCE, tiny_overrides
 
 FAST = EXPERIMENTS / "debug" / "fast_dev_run.yaml"
@@ -16,7 +16,7 @@ GOLDEN = REFERENCE / "golden" / "metaportrait"
 
 
 def _stage_and_data(tiny_data, *extra):
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = compose(SR_TINY, tiny_overrides(tiny_data, tiny_data / "runs", *extra))
     dm = build_datamodule(cfg)

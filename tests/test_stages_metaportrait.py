@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mp_lightning.config.compose import compose
-from mp_lightning.training import run_training
+from mp_lightning.runs.training import run_training
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 FAST = EXPERIMENTS / "debug" / "fast_dev_run.yaml"
@@ -23,7 +23,7 @@ def test_fast_dev_run(tiny_data, tmp_path, experiment):
 
 
 def test_forward_contract(tiny_data):
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = compose(EXPERIMENTS / "metaportrait" / "refine_tiny.yaml", tiny_overrides(tiny_data, tiny_data / "runs"))
     dm = build_datamodule(cfg)
@@ -43,7 +43,7 @@ def test_forward_contract(tiny_data):
 def test_tiny_warp_stage_overfits_one_batch(tiny_data):
     """The warp loss on one fixed batch must fall by at least half within about a hundred CPU steps
     (60 steps left it at 0.51 of the first loss on an AVX-512 CPU: no margin)."""
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     torch.manual_seed(0)
     cfg = compose(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml",

@@ -33,7 +33,7 @@ def test_sweep_file_is_valid_wandb_sweep(path, monkeypatch):
     from sweeps import SweepConfig, schema_violations_from_proposed_config
 
     from mp_lightning.config.compose import compose
-    from mp_lightning.sweep import _suggest, experiment_and_fixed_args, load_sweep_config
+    from mp_lightning.runs.sweep import _suggest, experiment_and_fixed_args, load_sweep_config
 
     raw = yaml.safe_load(path.read_text())
     with warnings.catch_warnings():
@@ -60,7 +60,7 @@ def test_sweep_file_is_valid_wandb_sweep(path, monkeypatch):
 ])
 def test_invalid_sweep_files_are_rejected(tmp_path, change, message):
     from mp_lightning.errors import ConfigError
-    from mp_lightning.sweep import load_sweep_config
+    from mp_lightning.runs.sweep import load_sweep_config
 
     raw = yaml.safe_load(SWEEP_FILES[0].read_text())
     raw.update(change)
@@ -74,7 +74,7 @@ def test_invalid_sweep_files_are_rejected(tmp_path, change, message):
 def test_override_values_are_dotlist_strings():
     import numpy as np
 
-    from mp_lightning.sweep import as_override_value
+    from mp_lightning.runs.sweep import as_override_value
 
     assert as_override_value(np.float64(0.5)) == "0.5"
     assert as_override_value(True) == "true"
@@ -85,7 +85,7 @@ def test_override_values_are_dotlist_strings():
 @pytest.fixture(scope="module")
 def local_sweep(tiny_data, tmp_path_factory):
     """A 3-trial local grid whose middle trial raises (an invalid learning rate)."""
-    from mp_lightning.sweep import run_local_sweep
+    from mp_lightning.runs.sweep import run_local_sweep
 
     root = tmp_path_factory.mktemp("sweep")
     sweep_file = root / "tiny_grid.yaml"
@@ -146,7 +146,7 @@ def test_trial_that_raises_is_recorded_and_the_sweep_goes_on(local_sweep):
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_where_it_stopped(local_sweep):
-    from mp_lightning.sweep import run_local_sweep
+    from mp_lightning.runs.sweep import run_local_sweep
 
     sweep_dir = local_sweep["dir"]
     state_path = sweep_dir / "sweep_state.json"
@@ -173,7 +173,7 @@ def test_online_sweep_agent_trains_each_suggestion_in_the_agents_run(tmp_path, m
     """No W&B server here: wandb.sweep/agent/init are stand-ins; the train command they lead to is checked."""
     import wandb
 
-    import mp_lightning.sweep as sweep_mod
+    import mp_lightning.runs.sweep as sweep_mod
 
     calls = {}
 

@@ -21,7 +21,7 @@ WARP_TINY = EXPERIMENTS / "metaportrait" / "warp_tiny.yaml"
 def _train_cmd(data, runs, *extra):
     return [sys.executable, "-m", "mp_lightning", "train", str(WARP_TINY),
             *tiny_overrides(data, runs, "name=resumable", "callbacks.checkpoint.every_n_train_steps=2",
-                            "trainer.check_val_every_n_epoch=1000", "callbacks.metrics=false", *extra)]
+                            "trainer.check_val_every_n_epoch=1000", "mp_lightning.metrics.suite=false", *extra)]
 
 
 @pytest.mark.slow
@@ -77,7 +77,7 @@ def test_wandb_offline_run_holds_metrics_and_media_and_resume_keeps_the_run_id(t
 def test_eval_writes_metrics_json_with_every_metric(tiny_data, tmp_path):
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "name=ev"))
     stage = build_stage(cfg, build_datamodule(cfg))
@@ -93,8 +93,8 @@ def test_eval_writes_metrics_json_with_every_metric(tiny_data, tmp_path):
 def test_animate_writes_a_playable_mp4_with_the_right_frame_count(tiny_data, tmp_path):
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.training import build_datamodule, build_stage
-    from mp_lightning.video import read_video
+    from mp_lightning.runs.training import build_datamodule, build_stage
+    from mp_lightning.io.video import read_video
 
     cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path))
     ckpt = save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / "w.ckpt")
@@ -110,8 +110,8 @@ def test_animate_with_super_resolution_writes_2x_video(tiny_data, tmp_path):
     """Base model at 32 px, then the temporal SR stage over windows: the written video is 64 px."""
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.training import build_datamodule, build_stage
-    from mp_lightning.video import read_video
+    from mp_lightning.runs.training import build_datamodule, build_stage
+    from mp_lightning.io.video import read_video
 
     base_cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "data.image_size=32", "model.net.image_size=32"))
     base = save_stage_checkpoint(build_stage(base_cfg, build_datamodule(base_cfg)), tmp_path / "base.ckpt")
@@ -129,7 +129,7 @@ def test_a_checkpoint_evaluates_after_its_init_file_is_deleted(tiny_data, tmp_pa
     file the checkpoint needs (a refine run started from a warp checkpoint, a meta run from a stage-2 one)."""
     from mp_lightning.config.compose import compose
     from mp_lightning.stages.base import load_stage, save_stage_checkpoint
-    from mp_lightning.training import build_datamodule, build_stage
+    from mp_lightning.runs.training import build_datamodule, build_stage
 
     refine = EXPERIMENTS / "metaportrait" / "refine_tiny.yaml"
     warp_cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path))

@@ -5,7 +5,7 @@ import urllib.error
 
 import pytest
 
-from mp_lightning import weights
+from mp_lightning.io import weights
 from mp_lightning.cli import main
 from mp_lightning.errors import MissingWeightsError, UserFacingError
 

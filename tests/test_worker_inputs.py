@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 from mp_lightning.config.compose import compose
 from mp_lightning.errors import DataError
 from mp_lightning.landmarks import DERIVED_KEYS
-from mp_lightning.training import build_datamodule, build_stage, connect_stage_and_data
+from mp_lightning.runs.training import build_datamodule, build_stage, connect_stage_and_data
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
@@ -52,7 +52,7 @@ def test_identity_task_drawings_equal_prepare(tiny_data):
     """The meta stage's identity_tasks batches: each task's support/query pairs (`task_pairs`) carry the
     same drawings prepare() would make for them."""
     from datamodules import task_pairs
-    from mp_lightning.stages.meta import tasks_as_pairs
+    from mp_lightning.batch import tasks_as_pairs
 
     dm, meta = _setup(tiny_data, "meta_warp_tiny.yaml", "data.mode=identity_tasks", "data.support_frames=2",
                       "data.query_frames=3", "data.batch_size=2")

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from mp_lightning.checkpoints import register_converter
 from mp_lightning.errors import CheckpointError
+from mp_lightning.stages.fomm import FOMMStage
+from mp_lightning.state_dicts import list_keys, load_strict, own_copies, read_checkpoint, strip_ddp_prefix
 from mp_lightning.networks.fomm import (
     FOMMNetConfig,
     KPDetector,
@@ -35,7 +37,6 @@ __all__ = [
     "ALIGN_CORNERS_KEY",
     "read_fomm_checkpoint",
     "infer_fomm_config",
-    "load_state_dict_strict",
     "load_official_fomm",
     "export_official_fomm",
     "convert_fomm",
@@ -46,41 +47,17 @@ OFFICIAL_ALIGN_CORNERS = True
 _OPTIMIZER_KEYS = ("optimizer_generator", "optimizer_kp_detector", "optimizer_discriminator")
 
 
-def _listing(keys: List[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
-def _strip_module_prefix(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    # DataParallel-wrapped saves carry `module.`; the official ones do not (BASELINES 1.4), users' may
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
 def read_fomm_checkpoint(source: Union[str, Path, Mapping]) -> dict:
     """The checkpoint dict of an official-layout FOMM file (or an already loaded dict).
 
     Raises CheckpointError when the file is missing/unreadable or lacks `kp_detector`/`generator`.
     """
-    if isinstance(source, Mapping):
-        blob, name = source, "checkpoint"
-    else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # arbitrary pickles, truncated downloads, HTML error pages
-            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
-    if not isinstance(blob, Mapping):
-        raise CheckpointError(f"{name}: expected a dict, found {type(blob).__name__}")
+    blob, name = (source, "checkpoint") if isinstance(source, Mapping) else (read_checkpoint(source), str(source))
     missing = [k for k in ("kp_detector", "generator") if k not in blob]
     if missing:
         raise CheckpointError(
             f"{name}: not an official FOMM checkpoint: no {' / '.join(repr(m) for m in missing)} "
-            f"(top-level keys: {_listing(sorted(map(str, blob)))})"
+            f"(top-level keys: {list_keys(sorted(map(str, blob)))})"
         )
     return blob
 
@@ -89,8 +66,8 @@ def infer_fomm_config(blob: Mapping, base: Optional[FOMMNetConfig] = None) -> FO
     """Config for the checkpoint: `base` (default vox-256) with the options readable from key names and
     head shapes (keypoint count, jacobians, occlusion, bottleneck depth, discriminator variant)."""
     cfg = base or FOMMNetConfig()
-    kp = _strip_module_prefix(blob["kp_detector"])
-    gen = _strip_module_prefix(blob["generator"])
+    kp = strip_ddp_prefix(blob["kp_detector"])
+    gen = strip_ddp_prefix(blob["generator"])
     changes = {}
     if "kp.weight" in kp:
         changes["num_kp"] = int(kp["kp.weight"].shape[0])
@@ -104,7 +81,7 @@ def infer_fomm_config(blob: Mapping, base: Optional[FOMMNetConfig] = None) -> FO
         changes["num_bottleneck_blocks"] = n_bottleneck
     disc = blob.get("discriminator")
     if isinstance(disc, Mapping) and disc:
-        disc = _strip_module_prefix(disc)
+        disc = strip_ddp_prefix(disc)
         changes["disc_sn"] = any(k.endswith("weight_orig") for k in disc)
         scales = sorted({k.split(".")[1] for k in disc if k.startswith("discs.")}, key=lambda s: float(s.replace("-", ".")))
         if scales:
@@ -117,43 +94,16 @@ def infer_fomm_config(blob: Mapping, base: Optional[FOMMNetConfig] = None) -> FO
     return replace(cfg, **changes)
 
 
-def load_state_dict_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], name: str) -> int:
-    """Strict load that names every missing, unexpected and shape-mismatched key in a CheckpointError.
+# the sizes a FOMM file does not show: what to do when they differ from vox-256
+_SIZE_HINT = ("sizes other than keypoint count, jacobians, occlusion and bottleneck depth come from the config: "
+              "pass config=FOMMNetConfig(...) for a non-vox-256 checkpoint")
 
-    Floating tensors are copied to independent tensors of the module's dtype first: the golden files
-    store large weights as overlapping fp16 views of one pool. Returns the number of such fp16 tensors.
-    """
-    own = module.state_dict()
-    sd = _strip_module_prefix(sd)
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [
-        f"{k} (file {tuple(sd[k].shape)}, network {tuple(own[k].shape)})"
-        for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_listing(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {_listing(mismatched, 4)}")
-        raise CheckpointError(
-            f"{name} does not match the FOMM network: " + "; ".join(parts)
-            + " (sizes other than keypoint count, jacobians, occlusion and bottleneck depth come from the"
-            " config: pass config=FOMMNetConfig(...) for a non-vox-256 checkpoint)"
-        )
-    converted, n_half = {}, 0
-    for k, v in sd.items():
-        if v.is_floating_point():
-            n_half += int(v.dtype == torch.float16)
-            converted[k] = v.detach().to(dtype=own[k].dtype).clone()
-        else:
-            converted[k] = v
-    module.load_state_dict(converted, strict=True)
-    return n_half
+
+def _load_network(module: nn.Module, blob: Mapping, entry: str, name: str) -> int:
+    """Strict load of `blob[entry]` into `module`; returns how many fp16 tensors were converted."""
+    sd = strip_ddp_prefix(blob[entry])
+    load_strict(module, own_copies(sd), f"{name} [{entry!r}]", hint=_SIZE_HINT)
+    return sum(int(torch.is_tensor(v) and v.dtype == torch.float16) for v in sd.values())
 
 
 def load_official_fomm(
@@ -169,6 +119,7 @@ def load_official_fomm(
     `discriminator=False` skips it. The grid_sample convention is decided as in the module docstring.
     """
     blob = read_fomm_checkpoint(path)
+    name = "checkpoint" if isinstance(path, Mapping) else str(path)
     if align_corners is not None:
         ac, ac_source = bool(align_corners), "argument"
     elif ALIGN_CORNERS_KEY in blob:
@@ -179,13 +130,13 @@ def load_official_fomm(
 
     kp_detector = KPDetector.from_config(cfg)
     generator = OcclusionAwareGenerator.from_config(cfg)
-    n_half = load_state_dict_strict(kp_detector, blob["kp_detector"], "kp_detector")
-    n_half += load_state_dict_strict(generator, blob["generator"], "generator")
+    n_half = _load_network(kp_detector, blob, "kp_detector", name)
+    n_half += _load_network(generator, blob, "generator", name)
     disc = None
     disc_sd = blob.get("discriminator")
     if discriminator and isinstance(disc_sd, Mapping) and disc_sd:
         disc = build_fomm_discriminator(cfg)
-        n_half += load_state_dict_strict(disc, disc_sd, "discriminator")
+        n_half += _load_network(disc, blob, "discriminator", name)
         disc.eval()
     set_align_corners(generator, ac)
     kp_detector.eval()
@@ -243,13 +194,6 @@ def convert_fomm(path, **options):
     Options: align_corners (bool, default from the file, see module docstring), discriminator (bool,
     default True). Returns (FOMMStage with the imported networks, info).
     """
-    try:
-        from mp_lightning.stages.fomm import FOMMStage
-    except ImportError as exc:
-        raise NotImplementedError(
-            "importing FOMM checkpoints needs mp_lightning.stages.fomm.FOMMStage, which is not available "
-            f"yet ({exc}); load_official_fomm() in mp_lightning.checkpoints.fomm loads the networks directly"
-        ) from exc
     unknown = set(options) - {"align_corners", "discriminator"}
     if unknown:
         raise CheckpointError(f"unknown fomm converter option(s): {', '.join(sorted(unknown))} "

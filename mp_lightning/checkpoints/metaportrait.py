@@ -8,45 +8,27 @@ into independent float32 tensors before loading.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
 from mp_lightning.checkpoints import register_converter
 from mp_lightning.errors import CheckpointError
+from mp_lightning.stages.refine import RefineStage
+from mp_lightning.state_dicts import list_keys, load_strict, own_copies, read_checkpoint, strip_ddp_prefix
 from mp_lightning.networks.discriminator import MultiScaleDiscriminator
 from mp_lightning.networks.metaportrait import MetaPortraitGenerator, MetaPortraitNetConfig
 
 __all__ = [
     "read_official_checkpoint",
     "detect_spectral_norm",
-    "load_checked",
     "official_discriminator",
     "load_official_generator",
     "convert_metaportrait",
 ]
 
-_MODULE_PREFIX = "module."
-
-
-def _listing(keys, limit: int = 8) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
 def _clean(sd: Mapping) -> Dict[str, torch.Tensor]:
-    """float32 copies with their own storage; a DDP `module.` prefix is dropped."""
-    out = {}
-    for k, v in sd.items():
-        if not torch.is_tensor(v):
-            continue
-        if k.startswith(_MODULE_PREFIX):
-            k = k[len(_MODULE_PREFIX):]
-        # shared fp16 pool views must not alias each other once loaded: copy each one
-        out[k] = v.float().clone() if v.is_floating_point() else v.clone()
-    return out
+    return own_copies(strip_ddp_prefix(sd))
 
 
 def read_official_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, torch.Tensor]], dict]:
@@ -54,15 +36,7 @@ def read_official_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Optional[Di
 
     A bare generator state dict is accepted too.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or a pickle needing arbitrary code
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
-    if not isinstance(blob, Mapping):
-        raise CheckpointError(f"{path}: expected a dict, found {type(blob).__name__}")
+    blob = read_checkpoint(path)
     if "generator" in blob:
         gen = _clean(blob["generator"])
         disc = _clean(blob["discriminator"]) if isinstance(blob.get("discriminator"), Mapping) else None
@@ -71,7 +45,7 @@ def read_official_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Optional[Di
         gen, disc, rest = _clean(blob), None, {}
     else:
         raise CheckpointError(
-            f"{path}: not a MetaPortrait base checkpoint: no 'generator' entry (top-level keys: {_listing(sorted(map(str, blob)))})"
+            f"{path}: not a MetaPortrait base checkpoint: no 'generator' entry (top-level keys: {list_keys(sorted(map(str, blob)))})"
         )
     return gen, disc, rest
 
@@ -94,27 +68,6 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> MetaPortraitNetConfig:
     return cfg
 
 
-def load_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Strict `load_state_dict` that raises `CheckpointError` naming missing / unexpected / mis-shaped keys."""
-    own = module.state_dict()
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
-        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:10]))
-    if missing:
-        problems.append(f"{len(missing)} missing keys: " + _listing(missing, 10))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: " + _listing(unexpected, 10))
-    if problems:
-        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + " | ".join(problems))
-    module.load_state_dict(dict(state), strict=True)
-
-
 def official_discriminator() -> MultiScaleDiscriminator:
     """MetaPortrait's discriminator: scales [1], block_expansion 32, max 512, 4 blocks, no SN, no kp."""
     return MultiScaleDiscriminator(scales=(1,), block_expansion=32, max_features=512, num_blocks=4, sn=False, use_kp=False)
@@ -129,12 +82,12 @@ def load_official_generator(path, load_discriminator: bool = True):
     gen_sd, disc_sd, rest = read_official_checkpoint(path)
     cfg = infer_config(gen_sd)
     generator = MetaPortraitGenerator(cfg)
-    load_checked(generator, gen_sd, f"{path} ['generator']")
+    load_strict(generator, gen_sd, f"{path} ['generator']")
     generator.eval()
     discriminator = None
     if load_discriminator and disc_sd is not None:
         discriminator = official_discriminator()
-        load_checked(discriminator, disc_sd, f"{path} ['discriminator']")
+        load_strict(discriminator, disc_sd, f"{path} ['discriminator']")
         discriminator.eval()
     info = {
         "family": "metaportrait",
@@ -156,7 +109,7 @@ def official_stage_config(spectral_norm: bool = True, identity_dim: int = 256, p
     from omegaconf import OmegaConf
 
     from mp_lightning.config.compose import compose
-    from mp_lightning.paths import experiments_dir
+    from mp_lightning.io.paths import experiments_dir
 
     name = "official_256.yaml" if spectral_norm else "official_256_remove_sn.yaml"
     cfg = compose(experiments_dir() / "metaportrait" / name, [
@@ -173,18 +126,11 @@ def convert_metaportrait(path, **options):
     options: `perceptual_pretrained` (bool, default False: the VGG weights are only needed to train).
     """
     generator, discriminator, info = load_official_generator(path)
-    try:
-        from mp_lightning.stages.refine import RefineStage
-    except ImportError as exc:  # the stage is the lead's; networks are usable without it
-        raise NotImplementedError(
-            "mp_lightning.stages.refine is not available yet; use "
-            "mp_lightning.checkpoints.metaportrait.load_official_generator(path) for the bare networks"
-        ) from exc
     config = official_stage_config(generator.config.spectral_norm, generator.config.identity_dim,
                                    bool(options.get("perceptual_pretrained", False)))
     stage = RefineStage(config)
-    load_checked(stage.generator, generator.state_dict(), f"{path} ['generator']")
+    load_strict(stage.generator, generator.state_dict(), f"{path} ['generator']")
     if discriminator is not None:
-        load_checked(stage.discriminator, discriminator.state_dict(), f"{path} ['discriminator']")
+        load_strict(stage.discriminator, discriminator.state_dict(), f"{path} ['discriminator']")
     info["stage"] = type(stage).__name__
     return stage.eval(), info

@@ -6,17 +6,22 @@ Shared fp16 pool views (as in the golden files) are copied to independent float3
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import asdict, replace
-from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 
 from mp_lightning.checkpoints import register_converter
 from mp_lightning.errors import CheckpointError
-from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator
+from mp_lightning.networks.temporal_sr import (
+    TemporalSRConfig,
+    TemporalSRGenerator,
+    init_from_gfpgan,
+    read_basicsr_state_dict,
+)
+from mp_lightning.stages.super_resolution import SuperResolutionStage
+from mp_lightning.state_dicts import load_strict
 
 __all__ = [
     "read_basicsr_state_dict",
@@ -25,41 +30,6 @@ __all__ = [
     "init_from_gfpgan",
     "convert_metaportrait_sr",
 ]
-
-_TEMPORAL_PREFIXES = ("window_down.", "recurrent_forward.")
-
-
-def _listing(keys: List[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
-def read_basicsr_state_dict(path, use_ema: bool = True) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Reads a BasicSR checkpoint and returns (float32 state dict with independent storage, key used).
-
-    Takes `params_ema` when `use_ema` and present, else `params`; a bare state dict is accepted too
-    (key used: ""). Raises CheckpointError if the file is missing or holds neither.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle needing arbitrary code, a truncated file, not a torch file
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
-    if not isinstance(blob, Mapping):
-        raise CheckpointError(f"{path}: expected a dict, found {type(blob).__name__}")
-    order = ["params_ema", "params"] if use_ema else ["params", "params_ema"]
-    key = next((k for k in order if k in blob), None)
-    if key is not None:
-        sd = blob[key]
-    elif blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        sd, key = blob, ""
-    else:
-        raise CheckpointError(f"{path}: not a BasicSR checkpoint: no 'params' or 'params_ema' "
-                              f"(top-level keys: {_listing(sorted(map(str, blob)))})")
-    # fp16 pool tensors may be overlapping views of one storage: copy each to its own float32 tensor
-    return {k: v.detach().float().clone() for k, v in sd.items()}, key
 
 
 def infer_sr_config(sd: Mapping[str, torch.Tensor], **overrides) -> TemporalSRConfig:
@@ -95,23 +65,6 @@ def infer_sr_config(sd: Mapping[str, torch.Tensor], **overrides) -> TemporalSRCo
     return replace(cfg, **overrides)
 
 
-def _check_strict(net: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in sd and sd[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches (checkpoint vs network): {_listing(mismatched)}")
-    if problems:
-        raise CheckpointError(f"{source} does not match the temporal SR network: " + "; ".join(problems))
-
-
 def load_official_sr(path, use_ema: bool = True, config: Optional[TemporalSRConfig] = None,
                      **overrides) -> Tuple[TemporalSRGenerator, dict]:
     """Builds a `TemporalSRGenerator` from an official BasicSR SR checkpoint and loads it strictly.
@@ -124,8 +77,7 @@ def load_official_sr(path, use_ema: bool = True, config: Optional[TemporalSRConf
     sd, key = read_basicsr_state_dict(path, use_ema=use_ema)
     cfg = infer_sr_config(sd, **overrides) if config is None else replace(config, **overrides)
     net = TemporalSRGenerator(cfg)
-    _check_strict(net, sd, f"{path} [{key or 'state dict'}]")
-    net.load_state_dict(sd, strict=True)
+    load_strict(net, sd, f"{path} [{key or 'state dict'}]")
     net.eval()
     info = {
         "family": "metaportrait-sr",
@@ -139,61 +91,14 @@ def load_official_sr(path, use_ema: bool = True, config: Optional[TemporalSRConf
     return net, info
 
 
-def init_from_gfpgan(net: TemporalSRGenerator, path, param_key: str = "params_ema") -> dict:
-    """Initialises `net` from a GFPGAN v1.3 checkpoint the way official training does (`GFPGANv1_load_path`:
-    `params_ema`, non-strict). Keys absent from the file (the temporal window modules) keep their init;
-    with zero-initialised window modules the result equals the per-frame GFPGAN network.
-
-    Returns info: loaded, missing (in the network, not in the file), unexpected (in the file only) key lists,
-    param_key. Raises CheckpointError on a shape mismatch (the official non-strict load fails there too)
-    or if no key at all matches.
-    """
-    blob_sd, key = read_basicsr_state_dict(path, use_ema=(param_key == "params_ema"))
-    own = net.state_dict()
-    loaded = [k for k in own if k in blob_sd]
-    missing = [k for k in own if k not in blob_sd]
-    unexpected = [k for k in blob_sd if k not in own]
-    mismatched = [f"{k} {tuple(blob_sd[k].shape)} vs {tuple(own[k].shape)}" for k in loaded
-                  if blob_sd[k].shape != own[k].shape]
-    if mismatched:
-        raise CheckpointError(f"{path}: GFPGAN weights do not fit this SR network (different out_size or "
-                              f"widths?): {_listing(mismatched)}")
-    if not loaded:
-        raise CheckpointError(f"{path}: no key matches the temporal SR network (is it a GFPGAN v1.x file?)")
-    with torch.no_grad():
-        net.load_state_dict({k: blob_sd[k] for k in loaded}, strict=False)
-    return {
-        "path": str(path),
-        "param_key": key,
-        "loaded": loaded,
-        "missing": missing,
-        "unexpected": unexpected,
-        "missing_non_temporal": [k for k in missing if not k.startswith(_TEMPORAL_PREFIXES)],
-    }
-
-
 @register_converter("metaportrait-sr")
 def convert_metaportrait_sr(path, **options):
     """`mp-lightning import-checkpoint metaportrait-sr temporal_gfpgan.pth`: official BasicSR file ->
     (SuperResolutionStage, info). Options: use_ema (default True), freeze_decoder; the rest go to the stage.
 
-    The stage must provide `SuperResolutionStage.from_generator(net, **options)`.
     """
-    try:
-        super_resolution = importlib.import_module("mp_lightning.stages.super_resolution")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mp_lightning.stages.super_resolution":  # a missing dependency inside the stage
-            raise
-        raise NotImplementedError(
-            "metaportrait-sr: the SuperResolutionStage (mp_lightning/stages/super_resolution.py) does not exist "
-            "yet; load the network alone with mp_lightning.checkpoints.metaportrait_sr.load_official_sr(path)"
-        ) from exc
     use_ema = options.pop("use_ema", True)
     net_overrides = {k: options.pop(k) for k in ("freeze_decoder",) if k in options}
     net, info = load_official_sr(path, use_ema=use_ema, **net_overrides)
-    stage_cls = getattr(super_resolution, "SuperResolutionStage", None)
-    if stage_cls is None or not hasattr(stage_cls, "from_generator"):
-        raise NotImplementedError("metaportrait-sr: SuperResolutionStage.from_generator(net, **options) "
-                                  "is needed to wrap the imported network")
-    stage = stage_cls.from_generator(net, **options)
+    stage = SuperResolutionStage.from_generator(net, **options)
     return stage, info

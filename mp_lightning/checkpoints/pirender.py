@@ -19,68 +19,29 @@ import torch
 
 from mp_lightning.checkpoints import register_converter
 from mp_lightning.errors import CheckpointError
+from mp_lightning.state_dicts import list_keys, load_strict, own_copies, read_checkpoint, strip_ddp_prefix
 from mp_lightning.networks.pirender import PIRenderGenerator, PIRenderNetConfig
 
 WEIGHTS = ("net_G_ema", "net_G")
 OFFICIAL_DESCRIPTOR = "deep3dfacerecon"
 
 
-def _listing(keys, limit: int = 8) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
-def read_pirender_checkpoint(source: Union[str, Path, Mapping]) -> dict:
+def read_pirender_checkpoint(source: Union[str, Path, Mapping]) -> Mapping:
     """The checkpoint dict of an official-layout PIRender file; CheckpointError when unreadable or lacking
     both `net_G` and `net_G_ema`."""
-    if isinstance(source, Mapping):
-        blob, name = source, "checkpoint"
-    else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated downloads, HTML error pages, arbitrary pickles
-            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
-    if not isinstance(blob, Mapping) or not any(k in blob for k in WEIGHTS):
-        keys = sorted(map(str, blob)) if isinstance(blob, Mapping) else type(blob).__name__
-        raise CheckpointError(f"{name}: not an official PIRender checkpoint: no 'net_G_ema' or 'net_G' (found: {_listing(keys)})")
+    blob, name = (source, "checkpoint") if isinstance(source, Mapping) else (read_checkpoint(source), str(source))
+    if not any(k in blob for k in WEIGHTS):
+        raise CheckpointError(f"{name}: not an official PIRender checkpoint: no 'net_G_ema' or 'net_G' "
+                              f"(found: {list_keys(sorted(map(str, blob)))})")
     return blob
 
 
-def strip_module_prefix(sd: Mapping[str, torch.Tensor]) -> dict:
-    # DDP-wrapped saves of the official trainer prefix every key of net_G with `module.`
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
 def load_generator_strict(net: PIRenderGenerator, sd: Mapping[str, torch.Tensor], name: str) -> int:
-    """Strict load naming every missing, unexpected and mis-shaped key; fp16 tensors (the golden file's
-    overlapping views of one pool) become independent float32 copies. Returns how many were fp16."""
-    own = net.state_dict()
-    sd = strip_module_prefix(sd)
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k} (file {tuple(sd[k].shape)}, network {tuple(own[k].shape)})"
-                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_listing(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {_listing(mismatched, 4)}")
-        raise CheckpointError(f"{name} does not match the PIRender generator (config/face.yaml sizes): " + "; ".join(parts))
-    converted, n_half = {}, 0
-    for k, v in sd.items():
-        n_half += int(v.dtype == torch.float16)
-        converted[k] = v.detach().to(dtype=own[k].dtype).clone() if v.is_floating_point() else v
-    net.load_state_dict(converted, strict=True)
+    """Strict load (DDP's `module.` stripped) naming every missing, unexpected and mis-shaped key; fp16 tensors
+    (the golden file's overlapping views of one pool) become independent float32 copies. Returns how many were fp16."""
+    sd = strip_ddp_prefix(sd)
+    n_half = sum(int(torch.is_tensor(v) and v.dtype == torch.float16) for v in sd.values())
+    load_strict(net, own_copies(sd), name, hint="the generator is built at config/face.yaml sizes")
     return n_half
 
 

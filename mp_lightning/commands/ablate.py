@@ -13,7 +13,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from mp_lightning.ablation import run_ablation
+    from mp_lightning.runs.ablation import run_ablation
 
     only = [r for r in args.rows.split(",") if r] if args.rows else None
     result = run_ablation(args.ablation_set, args.overrides, out_dir=args.dir, only=only,

@@ -23,28 +23,27 @@ def add_arguments(parser):
                         help="precomputed identity embedding (.npy) for checkpoints that condition on one, e.g. the "
                              "official MetaPortrait weights; default: SOURCE.identity.npy beside the source when present")
     parser.add_argument("--relative", action=__import__("argparse").BooleanOptionalAction, default=True,
-                        help="FOMM: relative motion with adapt_movement_scale (default) or absolute motion")
+                        help="stages with a relative mode (FOMM): relative motion with adapt_movement_scale "
+                             "(default) or absolute motion")
 
 
 def run(args) -> int:
-    from mp_lightning.inputs import resolve_device
+    from mp_lightning.preprocess.inputs import resolve_device
 
     import torch
 
     from mp_lightning import load_stage
-    from mp_lightning.inputs import load_driving, load_source, load_source_inputs
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
+    from mp_lightning.preprocess.inputs import load_driving, load_source, load_source_inputs
 
     stage = load_stage(args.checkpoint, map_location=resolve_device(args.device))
     size = int(stage.hparams["config"]["data"]["image_size"])
     source, source_landmarks = load_source(args.source, size=size, frame=args.source_frame)
     driving, driving_landmarks = load_driving(args.driving, size=size, max_frames=args.max_frames)
-    kwargs = {"batch_size": args.batch_size, "progress": True}
+    kwargs = {"relative": args.relative, "batch_size": args.batch_size, "progress": True}
     extra = load_source_inputs(stage, args.source, args.source_identity)
     if extra:
         kwargs["extra"] = extra
-    if stage.hparams["config"]["stage"] == "fomm":
-        kwargs["relative"] = args.relative
     if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
         kwargs.update(stage.animation_inputs(source=args.source, driving=args.driving,
                                              driving_semantics=args.driving_semantics, source_frame=args.source_frame))

@@ -15,7 +15,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from mp_lightning.compare import methods_from_args, run_compare
+    from mp_lightning.runs.compare import methods_from_args, run_compare
 
     positional = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]

@@ -29,20 +29,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from mp_lightning.inputs import resolve_device
+    from mp_lightning.preprocess.inputs import resolve_device
 
     from pathlib import Path
 
     from mp_lightning.errors import UserFacingError
-    from mp_lightning.personalize import personalize
+    from mp_lightning.runs.personalize import personalize
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.stages.meta import MetaLearningModule
 
     if args.steps < 0:
         raise UserFacingError("--steps must be >= 0")
-    stage = load_stage(args.checkpoint, map_location=resolve_device(args.device), eval_mode=False)
-    if isinstance(stage, MetaLearningModule):
-        stage = stage.inner
+    stage = load_stage(args.checkpoint, map_location=resolve_device(args.device), eval_mode=False).unwrapped()
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"personalized_{Path(args.video).stem}"
     curve = personalize(
         stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every, lr=args.lr,

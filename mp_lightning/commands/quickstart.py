@@ -30,10 +30,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from mp_lightning.config.compose import compose
-    from mp_lightning.paths import experiments_dir
+    from mp_lightning.io.paths import experiments_dir
     from mp_lightning.reenactment_report import reenact_test_portraits
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.training import run_evaluation, run_training
+    from mp_lightning.runs.training import run_evaluation, run_training
 
     t0 = time.time()
     data = ensure_quickstart_data(Path(args.data))

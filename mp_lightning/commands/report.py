@@ -10,7 +10,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from pathlib import Path
 
-    from mp_lightning.report import write_report
+    from mp_lightning.runs.report import write_report
 
     out = write_report(args.folder, args.out or Path(args.folder) / "report.html")
     print(f"wrote {out}")

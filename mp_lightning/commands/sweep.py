@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from mp_lightning.sweep import run_local_sweep, run_online_sweep
+    from mp_lightning.runs.sweep import run_local_sweep, run_online_sweep
 
     if args.local:
         state = run_local_sweep(args.sweep, args.overrides, max_runs=args.max_runs, sweep_dir=args.dir)

@@ -12,7 +12,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from mp_lightning.config.compose import compose, split_cli_args
-    from mp_lightning.training import run_training
+    from mp_lightning.runs.training import run_training
 
     overlays, overrides = split_cli_args(args.overrides)
     cfg = compose(args.experiment, overrides, overlays)

@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 
 def _status(name: str) -> tuple[str, str]:
     """(state, sha256 first 12 hex or '-'): state is present, missing or CORRUPT."""
-    from mp_lightning.weights import WEIGHTS, sha256
+    from mp_lightning.io.weights import WEIGHTS, sha256
 
     w = WEIGHTS[name]
     if not w.path.is_file():
@@ -37,7 +37,7 @@ def _status(name: str) -> tuple[str, str]:
 
 
 def run(args) -> int:
-    from mp_lightning.weights import WEIGHTS, download, torch_home
+    from mp_lightning.io.weights import WEIGHTS, download, torch_home
 
     names = list(args.names) or list(WEIGHTS)
     unknown = [n for n in names if n not in WEIGHTS]

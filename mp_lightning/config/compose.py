@@ -16,7 +16,9 @@ DEFAULTS_KEY = "defaults"
 def load_yaml_with_defaults(path: str | Path, _chain: tuple = ()) -> DictConfig:
     """Load `path`, first merging the files named in its `defaults:` list (relative to `path`), in order.
 
-    The file's own keys are merged last, so an experiment states only what it changes.
+    The file's own keys are merged last, so an experiment states only what it changes. An entry
+    `KEY: FILE` (e.g. `model.inner: ../base/metaportrait_tiny_model.yaml`) grafts the file under that
+    dotted key instead of at the top, so a section (a network) is written once and used in several places.
     """
     path = Path(path)
     if not path.is_file():
@@ -39,9 +41,24 @@ def load_yaml_with_defaults(path: str | Path, _chain: tuple = ()) -> DictConfig:
         raise ConfigError(f"{path}: '{DEFAULTS_KEY}' must be a list of file paths")
     merged = OmegaConf.create({})
     for entry in defaults:
-        base = load_yaml_with_defaults(path.parent / str(entry), (*_chain, resolved))
+        key, file = _defaults_entry(entry, path)
+        base = load_yaml_with_defaults(path.parent / file, (*_chain, resolved))
+        if key:
+            grafted = OmegaConf.create({})
+            OmegaConf.update(grafted, key, base, force_add=True)
+            base = grafted
         merged = OmegaConf.merge(merged, base)
     return OmegaConf.merge(merged, node)
+
+
+def _defaults_entry(entry, path: Path) -> tuple[str | None, str]:
+    """(key to graft under or None, file) of one `defaults:` entry: `FILE` or `KEY: FILE`."""
+    if isinstance(entry, (DictConfig, dict)):
+        if len(entry) != 1:
+            raise ConfigError(f"{path}: a '{DEFAULTS_KEY}' entry is a file or one 'key: file' pair, got {dict(entry)}")
+        (key, file), = entry.items()
+        return str(key), str(file)
+    return None, str(entry)
 
 
 def parse_overrides(overrides: Iterable[str]) -> DictConfig:
@@ -108,7 +125,7 @@ def build_schema(raw: DictConfig) -> DictConfig:
     from datamodules.config import DataConfig
 
     schema.data = OmegaConf.structured(DataConfig)
-    from callbacks.metrics import MetricsConfig
+    from mp_lightning.metrics.suite import MetricsConfig
 
     schema.metrics = OmegaConf.structured(MetricsConfig)
     return schema

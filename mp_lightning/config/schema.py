@@ -6,6 +6,21 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from mp_lightning.choices import Choice
+
+
+class LoggerType(Choice):
+    wandb = "wandb"
+    tensorboard = "tensorboard"
+    csv = "csv"
+    none = "none"
+
+
+class WandbMode(Choice):
+    offline = "offline"  # no account; `wandb sync` later
+    online = "online"
+    disabled = "disabled"
+
 
 @dataclass
 class TrainerConfig:
@@ -38,13 +53,13 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    type: str = "wandb"  # wandb | tensorboard | csv | none
+    type: LoggerType = LoggerType.wandb  # wandb | tensorboard | csv | none
     # also write csv/metrics.csv beside a wandb or tensorboard logger: `mp-lightning report` reads it, so an
     # air-gapped run can be looked at without a W&B account or `wandb sync`
     local_csv: bool = True
     project: str = "mp-lightning"
     entity: Optional[str] = None
-    mode: str = "offline"  # offline (no account; `wandb sync` later) | online | disabled
+    mode: WandbMode = WandbMode.offline  # offline (no account; `wandb sync` later) | online | disabled
     group: Optional[str] = None  # e.g. the sweep or ablation set a run belongs to
     tags: List[str] = field(default_factory=list)
     log_model: bool = False  # upload checkpoints as W&B artifacts (online mode)
@@ -92,7 +107,7 @@ class ExperimentConfig:
     description: str = ""
     model: Any = None  # typed by the stage's Config dataclass
     data: Any = None  # typed by datamodules.config.DataConfig
-    metrics: Any = None  # typed by callbacks.metrics.MetricsConfig
+    metrics: Any = None  # typed by mp_lightning.metrics.suite.MetricsConfig
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.metrics import _MeanMetric
+from mp_lightning.metrics.suite import _MeanMetric
 
 
 class _DlibPairMetric(_MeanMetric):

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from callbacks.metrics import _MeanMetric, _check_images
+from mp_lightning.metrics.suite import _MeanMetric, _check_images
 from mp_lightning.networks.st_lpips import load_st_lpips
 
 

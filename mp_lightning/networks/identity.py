@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mp_lightning.state_dicts import load_strict, read_checkpoint
+
 EMBEDDING_DIM = 512
 CROP_SIZE = 160
 
@@ -60,7 +62,7 @@ class FaceEmbedder(nn.Module):
 
     Args:
         backbone: only "facenet" (InceptionResnetV1) for now.
-        pretrained: load the VGGFace2 weights via `mp_lightning.weights.require("vggface2")` (raises
+        pretrained: load the VGGFace2 weights via `mp_lightning.io.weights.require("vggface2")` (raises
             `MissingWeightsError` when the file is absent); False = seeded random init, for tests.
         align: "center" (fixed crop, differentiable) or "mtcnn" (detected crop, evaluation).
         center_fraction: share of the frame's shorter side kept by the centre crop. 0.8 keeps the face
@@ -97,14 +99,13 @@ class FaceEmbedder(nn.Module):
         self.center_fraction = float(center_fraction)
         self.mtcnn_margin = int(mtcnn_margin)
         if pretrained:
-            from mp_lightning.weights import require
+            from mp_lightning.io.weights import require
 
             path = require("vggface2")  # before building: a missing file fails fast with a clear message
             self.net = InceptionResnetV1(pretrained=None, classify=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
             # the released file also holds the 8631-way VGGFace2 classifier; the embedding does not use it
-            state = {k: v for k, v in state.items() if not k.startswith("logits.")}
-            self.net.load_state_dict(state, strict=True)
+            state = {k: v for k, v in read_checkpoint(path).items() if not k.startswith("logits.")}
+            load_strict(self.net, state, str(path))
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -19,6 +19,7 @@ from torch import nn
 
 from mp_lightning.networks.blocks import AntiAliasInterpolation2d
 from mp_lightning.networks.discriminator import scale_key
+from mp_lightning.state_dicts import load_strict, read_checkpoint, under_prefix
 
 VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,31 +43,31 @@ class ImagePyramid(nn.Module):
         return {"prediction_" + scale_key(s): down(x) for s, down in zip(self.scales, self.downs.values())}
 
 
+def vgg19_layers(pretrained: bool = True) -> nn.Sequential:
+    """torchvision's VGG19 `features` (conv and ReLU layers); with `pretrained`, its ImageNet weights from
+    `mp_lightning.io.weights.require("vgg19")` (a `MissingWeightsError` naming the file when it is absent)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from mp_lightning.io.weights import require
+
+    features = make_layers(cfgs["E"], batch_norm=False)
+    if pretrained:
+        path = require("vgg19")
+        load_strict(features, under_prefix(read_checkpoint(path), "features."), f"{path} ['features']")
+    return features
+
+
 class Vgg19Features(nn.Module):
     """Frozen VGG19 feature slices. forward(x (B, 3, H, W) in [0, 1]) -> 5 maps (relu1_1 ... relu5_1).
 
-    `pretrained=True` loads torchvision's ImageNet weights from `mp_lightning.weights.require("vgg19")`
+    `pretrained=True` loads torchvision's ImageNet weights from `mp_lightning.io.weights.require("vgg19")`
     (raises `MissingWeightsError` naming the file when it is absent); `pretrained=False` keeps a random
     init (tests, smoke runs).
     """
 
     def __init__(self, pretrained: bool = True):
         super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers
-
-        features = make_layers(cfgs["E"], batch_norm=False)
-        if pretrained:
-            from mp_lightning.weights import require
-
-            path = require("vgg19")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-            features.load_state_dict(feats, strict=False)
-            missing = [k for k in features.state_dict() if k not in feats]
-            if missing:
-                from mp_lightning.errors import CheckpointError
-
-                raise CheckpointError(f"{path} is not a torchvision VGG19 checkpoint: missing {missing[:4]}")
+        features = vgg19_layers(pretrained)
         self.slices = nn.ModuleList(
             nn.Sequential(*[features[i] for i in range(a, b)]) for a, b in VGG_SLICES
         )

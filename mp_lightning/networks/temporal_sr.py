@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mp_lightning.errors import ConfigError
+from mp_lightning.errors import CheckpointError, ConfigError
+from mp_lightning.state_dicts import list_keys, load_matching, own_copies, read_checkpoint
 
 __all__ = [
     "TemporalSRConfig",
@@ -26,6 +27,8 @@ __all__ = [
     "TemporalWindowFusion",
     "StyleGAN2DecoderCSFT",
     "NOISE_MODES",
+    "read_basicsr_state_dict",
+    "init_from_gfpgan",
 ]
 
 NOISE_MODES = ("zero", "random", "stored")
@@ -482,3 +485,49 @@ def _validate(cfg: TemporalSRConfig) -> None:
         if r >= 8 and (dec[r] != 2 * unet[r] or dec[r] % 2):
             raise ConfigError(f"SFT needs decoder channels = 2x U-Net channels at resolution {r}: decoder "
                               f"{dec[r]}, U-Net {unet[r]} (adjust narrow / channel_multiplier)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weights from BasicSR files: `{'params': state_dict, 'params_ema': state_dict}` (official SR and GFPGAN v1.3)
+
+TEMPORAL_PREFIXES = ("window_down.", "recurrent_forward.")  # the modules GFPGAN v1.3 lacks
+
+
+def read_basicsr_state_dict(path, use_ema: bool = True) -> tuple[Dict[str, torch.Tensor], str]:
+    """Reads a BasicSR checkpoint and returns (float32 state dict with independent storage, key used).
+
+    Takes `params_ema` when `use_ema` and present, else `params`; a bare state dict is accepted too
+    (key used: ""). Raises CheckpointError if the file is missing or holds neither.
+    """
+    blob = read_checkpoint(path)
+    order = ["params_ema", "params"] if use_ema else ["params", "params_ema"]
+    key = next((k for k in order if k in blob), None)
+    if key is not None:
+        sd = blob[key]
+    elif blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        sd, key = blob, ""
+    else:
+        raise CheckpointError(f"{path}: not a BasicSR checkpoint: no 'params' or 'params_ema' "
+                              f"(top-level keys: {list_keys(sorted(map(str, blob)))})")
+    return own_copies(sd), key
+
+
+def init_from_gfpgan(net: TemporalSRGenerator, path, param_key: str = "params_ema") -> dict:
+    """Initialises `net` from a GFPGAN v1.3 checkpoint the way official training does (`GFPGANv1_load_path`:
+    `params_ema`, non-strict). Keys absent from the file (the temporal window modules) keep their init;
+    with zero-initialised window modules the result equals the per-frame GFPGAN network.
+
+    Returns info: loaded, missing (in the network, not in the file), unexpected (in the file only) key lists,
+    param_key. Raises CheckpointError on a shape mismatch (the official non-strict load fails there too)
+    or if no key at all matches.
+    """
+    blob_sd, key = read_basicsr_state_dict(path, use_ema=(param_key == "params_ema"))
+    report = load_matching(net, blob_sd, f"{path} (GFPGAN)")
+    return {
+        "path": str(path),
+        "param_key": key,
+        "loaded": report.loaded,
+        "missing": report.missing,
+        "unexpected": report.unexpected,
+        "missing_non_temporal": [k for k in report.missing if not k.startswith(TEMPORAL_PREFIXES)],
+    }

@@ -80,7 +80,8 @@ def prepare_driving_video(
     longest track (ties: the larger face), cut to max_frames. Frames where the landmark detector
     misses the face are interpolated; more than max_missing of them raises DataError.
     """
-    from mp_lightning.preprocess.pipeline import crop_chunks, scan_faces, video_fps
+    from mp_lightning.io.video import video_fps
+    from mp_lightning.preprocess.pipeline import crop_chunks, scan_faces
 
     path = Path(path)
     if not path.is_file():

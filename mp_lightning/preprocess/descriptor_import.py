@@ -109,7 +109,7 @@ def import_pirender_lmdb(source: str | Path, out: str | Path, resolution: int = 
     import cv2
 
     from datamodules.semantics import write_semantics_description
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
 
     source, out = Path(source), Path(out)
     reader = reader if reader is not None else _open_lmdb(source / str(resolution))

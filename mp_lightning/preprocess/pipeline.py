@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mp_lightning.errors import DataError, MissingWeightsError, UserFacingError
+from mp_lightning.io.video import video_fps
 from mp_lightning.preprocess import tracking
 from mp_lightning.preprocess.landmark_sources import (
     LandmarkSource,
@@ -101,14 +102,6 @@ def iter_frames(path: str | Path):
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):
             yield i, frame.to_ndarray(format="rgb24")
-
-
-def video_fps(path: str | Path) -> float:
-    import av
-
-    with av.open(str(path)) as container:
-        rate = container.streams.video[0].average_rate
-    return float(rate) if rate else 25.0
 
 
 def scan_faces(path: str | Path, detector: tracking.FaceDetector, every: int) -> dict:
@@ -276,7 +269,7 @@ def _write_atomic_npy(path: Path, arr: np.ndarray) -> None:
 
 def process_video(job: VideoJob) -> dict:
     """Preprocess one raw video into clips; returns its report entry (never raises for bad videos)."""
-    from mp_lightning.video import write_video
+    from mp_lightning.io.video import write_video
 
     s = job.settings
     entry = {"video": job.rel, "identity": job.identity, "split": job.split, "status": "ok", "clips": [], "dropped": []}
@@ -565,7 +558,7 @@ def _report(raw: Path, out: Path, settings: Settings, spec: dict | None, entries
         "landmarks": None if spec is None else spec.get("name", spec.get("preset")),
         "identity_embeddings": (
             "written" if emb_states == {"written"} else
-            "skipped: VGGFace2 weights missing (mp_lightning.weights.require('vggface2'))" if clips else "no clips"
+            "skipped: VGGFace2 weights missing (mp_lightning.io.weights.require('vggface2'))" if clips else "no clips"
         ),
         "totals": {
             "videos": len(videos),

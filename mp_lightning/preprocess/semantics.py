@@ -157,7 +157,7 @@ def write_mediapipe_semantics(root: str | Path, train_split: str = "train", spli
     """Compute `<clip>.semantics.npy` for every clip of `root`'s splits and write ROOT/semantics.json
     (kind mediapipe) and the PCA / reference shape (ROOT/semantics_mediapipe.npz, fitted on `train_split`,
     or reused when the file exists). Returns a summary."""
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
     from datamodules.semantics import write_semantics_description
 
     root = Path(root)

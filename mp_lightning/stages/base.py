@@ -6,7 +6,6 @@ metric and media callbacks can use it for any stage or baseline.
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from enum import Enum
 from pathlib import Path
@@ -16,7 +15,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mp_lightning.errors import CheckpointError
+from mp_lightning.batch import is_cross_identity
+from mp_lightning.errors import CheckpointError, ConfigError
+from mp_lightning.state_dicts import load_matching, load_strict, read_checkpoint, read_state_dict
 
 
 class NonFiniteGrads(str, Enum):
@@ -61,8 +62,7 @@ class Stage(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = self(batch)
         target = batch.get("driving")
-        # a cross-identity batch has no ground truth: its driving frames show another person
-        if target is not None and "prediction" in out and "driving_identity" not in batch:
+        if target is not None and "prediction" in out and not is_cross_identity(batch):
             self.log("val/l1", (out["prediction"] - target).abs().mean(), prog_bar=True, sync_dist=True,
                      batch_size=target.shape[0], add_dataloader_idx=False)
         return detached(out)
@@ -77,7 +77,7 @@ class Stage(L.LightningModule):
         """What this stage derives from each data sample, to run in the DataLoader workers, or None.
 
         A picklable callable `item -> item` over one sample dict of the DataModule (no batch axis);
-        `mp_lightning.training.connect_stage_and_data` hands it to the DataModule, so work such as
+        `mp_lightning.runs.training.connect_stage_and_data` hands it to the DataModule, so work such as
         landmark drawing happens in the workers instead of on the main process inside `training_step`.
         The stage must still accept batches without those keys (it derives them itself then).
         """
@@ -91,12 +91,34 @@ class Stage(L.LightningModule):
 
     def source_inputs(self) -> tuple[str, ...]:
         """Per-source batch keys this stage needs beyond the image and its landmarks (e.g. a precomputed
-        `source_identity`): `mp_lightning.inputs.load_source_inputs` finds them for animate, personalize, compare."""
+        `source_identity`): `preprocess.inputs.load_source_inputs` finds them for animate, personalize, compare."""
         return ()
 
-    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, **kwargs) -> torch.Tensor:
-        """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`)."""
+    def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, relative: bool | None = None,
+                **kwargs) -> torch.Tensor:
+        """(T, 3, H, W) predictions in [0, 1] for one source and a driving sequence (see `animate_with_pairs`).
+
+        `relative`: move the source by the driving motion relative to the first driving frame instead of
+        copying the driving pose (None: the stage's default). Stages without a relative mode ignore it.
+        """
         return animate_with_pairs(self, source, driving, driving_landmarks, source_landmarks, **kwargs)
+
+    # --- adaptation: meta-learning (Reptile's inner loop) and personalization ------------------------
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        """The parameters meta-learning and personalization train, as groups `{"params", "mult", "name"}`
+        whose lr is the inner lr x `mult`; `warp_lr_multiplier` balances a warping network against the
+        rest (official inner_warplr_tune). Discriminators, embedders and loss networks are never in them."""
+        raise ConfigError(f"stage '{self.experiment_config.get('stage')}' ({type(self).__name__}) names no "
+                          f"parameters to adapt: it cannot be meta-learned or personalized")
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        """The stage's own training loss on a pairs batch, without any GAN term (the official meta config)."""
+        raise ConfigError(f"stage '{self.experiment_config.get('stage')}' ({type(self).__name__}) has no "
+                          f"adaptation loss: it cannot be meta-learned or personalized")
+
+    def unwrapped(self) -> "Stage":
+        """The stage that animates and is personalized: itself, or the stage a wrapper (meta-learning) trains."""
+        return self
 
     # --- gradient hygiene -----------------------------------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -206,10 +228,7 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
     """The LightningModule stored in one of our checkpoints, rebuilt from its saved config."""
     from mp_lightning.stages import stage_class
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_checkpoint(path, weights_only=False, map_location=map_location)
     hp = ckpt.get("hyper_parameters") or {}
     if "config" not in hp:
         raise CheckpointError(
@@ -221,7 +240,7 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
     # would re-read files that may since have moved (and be overwritten by the state dict anyway)
     module = cls(config=without_init_files(hp["config"]), landmark_spec=hp.get("landmark_spec"))
     module.hparams["config"] = module.experiment_config = hp["config"]  # provenance kept for the next save
-    load_state_dict_checked(module, ckpt["state_dict"], source=str(path))
+    load_strict(module, ckpt["state_dict"], source=str(path))
     module.to(map_location)
     return module.eval() if eval_mode else module
 
@@ -242,39 +261,15 @@ def without_init_files(config: dict) -> dict:
     return config
 
 
-def load_state_dict_checked(module: torch.nn.Module, state: dict, source: str, strict: bool = True) -> None:
-    """`load_state_dict` whose error names every missing, unexpected and mis-shaped key."""
-    own = module.state_dict()
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and torch.is_tensor(v) and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:10]))
-    if strict and missing:
-        problems.append(f"{len(missing)} missing keys: " + ", ".join(missing[:10]))
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: " + ", ".join(unexpected[:10]))
-    if problems:
-        raise CheckpointError(f"{source} does not fit {type(module).__name__}: " + " | ".join(problems))
-    module.load_state_dict(state, strict=strict)
-
-
 def save_stage_checkpoint(module: Stage, path: str | Path, **extra: Any) -> Path:
     """A weights-and-config checkpoint that `load_stage` and `model.init_from` read (no optimizer state)."""
-    import lightning
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__,
+            "pytorch-lightning_version": L.__version__,
             "epoch": 0,
             "global_step": 0,
             "mp_lightning": extra,
@@ -284,31 +279,15 @@ def save_stage_checkpoint(module: Stage, path: str | Path, **extra: Any) -> Path
     return path
 
 
-def load_init_weights(module: torch.nn.Module, path: str | Path, prefixes: tuple[str, ...] = (), strict: bool = False) -> list[str]:
+def load_init_weights(module: torch.nn.Module, path: str | Path, prefixes: tuple[str, ...] = ()) -> list[str]:
     """Copy the weights of `path` (any mp-lightning checkpoint) whose names start with `prefixes` into `module`.
 
     Stage 2 starts from a stage-1 checkpoint this way (`model.init_from=...`): only the warping
     network's keys are taken, as the official code copies only `ladder_network` / `dense_motion_network`.
     Returns the keys that were loaded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.init_from: checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    own = module.state_dict()
-    chosen = {k: v for k, v in state.items() if k in own and (not prefixes or k.startswith(prefixes))}
-    if not chosen:
-        raise CheckpointError(f"model.init_from: {path} has no weights for {prefixes or 'this stage'}")
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in chosen.items() if v.shape != own[k].shape]
-    if bad:
-        raise CheckpointError(f"model.init_from: {path} has shapes that do not fit: " + "; ".join(bad[:10]))
-    if strict:
-        missing = [k for k in own if (not prefixes or k.startswith(prefixes)) and k not in chosen]
-        if missing:
-            raise CheckpointError(f"model.init_from: {path} lacks {len(missing)} keys, e.g. {missing[:5]}")
-    module.load_state_dict(chosen, strict=False)
-    return sorted(chosen)
+    state = read_state_dict(path, weights_only=False)
+    return sorted(load_matching(module, state, f"model.init_from={path}", prefixes).loaded)
 
 
 def animate_with_pairs(stage: Stage, source: torch.Tensor, driving: torch.Tensor,

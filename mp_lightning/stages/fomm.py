@@ -13,7 +13,7 @@ Official checkpoints load through `mp-lightning import-checkpoint fomm vox-cpk.p
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
@@ -226,6 +226,18 @@ class FOMMStage(Stage):
                 terms["feature_matching"] = L.feature_matching_loss(detached(real_maps), fake, list(w.feature_matching))
         terms["loss"] = sum(terms.values())
         return terms
+
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        # generator and keypoint detector together (x1: FOMM has no separate warping network to balance)
+        return [{"params": list(self.generator.parameters()) + list(self.kp_detector.parameters()),
+                 "mult": 1.0, "name": "fomm"}]
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        kp_source = self.kp_detector(batch["source"])
+        kp_driving = self.kp_detector(batch["driving"])
+        out = self.generator(batch["source"], kp_driving=kp_driving, kp_source=kp_source)
+        terms = self.generator_losses(batch, out, kp_driving)
+        return sum(v for k, v in terms.items() if k not in ("loss", "gan", "feature_matching"))
 
     def training_step(self, batch: dict, batch_idx: int):
         from mp_lightning import losses as L

@@ -21,28 +21,38 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mp_lightning.errors import ConfigError
+from mp_lightning.batch import holds_tasks, tasks_as_pairs
+from mp_lightning.reptile import adaptation_groups, inner_loop, outer_update
+from mp_lightning.choices import Choice
+from mp_lightning.stages import stage_class, stage_names
 from mp_lightning.stages.base import Stage
+from mp_lightning.state_dicts import load_matching, read_state_dict
 
-INNER_STAGES = ("refine", "warp", "fomm", "pirender")
-OUTER_RULES = ("reptile", "official_adam")
+# any stage but this one can be the inner stage; one that defines no adaptation is refused when composed
+InnerStage = Choice("InnerStage", {name: name for name in stage_names() if name != "meta"})
+
+
+class OuterRule(Choice):
+    reptile = "reptile"  # classic: phi += outer_lr * mean delta
+    official_adam = "official_adam"  # the released code: Adam on -mean delta, clipped
 
 
 @dataclass
 class MetaConfig:
-    inner_stage: str = "refine"  # the stage whose initialization is meta-learned: refine | warp | fomm
+    inner_stage: InnerStage = InnerStage("refine")  # the stage whose initialization is meta-learned: refine | warp | fomm
     inner: Any = field(default_factory=dict)  # that stage's `model:` section (typed by its Config)
     inner_steps: int = 2  # Adam steps per task on its support pairs (official inner_update_steps)
     inner_lr: float = 2e-4  # inner Adam lr (official)
     inner_warp_lr_multiplier: float = 0.1  # warping-network inner lr = inner_lr x this (official inner_warplr_tune)
     inner_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
-    outer_rule: str = "official_adam"  # reptile (phi += outer_lr * mean delta) | official_adam
+    outer_rule: OuterRule = OuterRule.official_adam  # reptile (phi += outer_lr * mean delta) | official_adam
     outer_lr: float = 2e-5  # classic Reptile: the step size epsilon; official: the outer Adam lr
     outer_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     outer_warp_lr_multiplier: float = 0.1  # warping-network outer lr = outer_lr x this (official warplr_tune)
@@ -52,117 +62,6 @@ class MetaConfig:
     init_from: Optional[str] = None  # all inner weights from this checkpoint (a base stage's or a meta one)
     lr_milestones: List[int] = field(default_factory=lambda: [2])  # outer lr x lr_gamma at these epochs (official)
     lr_gamma: float = 0.1
-
-
-# ------------------------------------------------------------------------------------ inner-stage adapters
-def inner_param_groups(stage: Stage, warp_lr_multiplier: float) -> list[dict]:
-    """The parameters meta-learning (and personalization) trains, as groups with an lr multiplier `mult`.
-
-    refine: refinement network x1 and warping network x `warp_lr_multiplier` (official); warp: the
-    warping network alone (x1: the multiplier only balances the two networks); fomm: generator and
-    keypoint detector (x1). Discriminators, face embedders and loss networks are never trained here.
-    """
-    from mp_lightning.stages.fomm import FOMMStage
-    from mp_lightning.stages.refine import RefineStage
-    from mp_lightning.stages.warp import MetaPortraitStage
-
-    if hasattr(stage, "meta_param_groups"):  # any other stage can say what to train
-        groups = stage.meta_param_groups(warp_lr_multiplier)
-    elif isinstance(stage, RefineStage):
-        groups = [
-            {"params": list(stage.generator.refine_parameters()), "mult": 1.0, "name": "refine"},
-            {"params": list(stage.generator.warp_parameters()), "mult": warp_lr_multiplier, "name": "warp"},
-        ]
-    elif isinstance(stage, MetaPortraitStage):
-        groups = [{"params": list(stage.generator.warp_parameters()), "mult": 1.0, "name": "warp"}]
-    elif isinstance(stage, FOMMStage):
-        groups = [{"params": list(stage.generator.parameters()) + list(stage.kp_detector.parameters()),
-                   "mult": 1.0, "name": "fomm"}]
-    else:
-        raise ConfigError(f"meta-learning does not know how to train {type(stage).__name__}")
-    for g in groups:
-        g["params"] = [p for p in g["params"] if p.requires_grad]
-    return [g for g in groups if g["params"]]
-
-
-def stage_loss(stage: Stage, batch: dict) -> torch.Tensor:
-    """The stage's own training loss on a pairs batch, without any GAN term (official meta config)."""
-    from mp_lightning.stages.fomm import FOMMStage
-    from mp_lightning.stages.refine import RefineStage
-    from mp_lightning.stages.warp import MetaPortraitStage
-
-    if hasattr(stage, "meta_loss"):
-        return stage.meta_loss(batch)
-    if isinstance(stage, RefineStage):
-        batch = stage.prepare(batch)
-        return stage.generator_losses(batch, stage(batch), adversarial=False)["loss"]
-    if isinstance(stage, MetaPortraitStage):
-        batch = stage.prepare(batch)
-        return stage.warp_loss(stage.warp(batch), batch)
-    if isinstance(stage, FOMMStage):
-        kp_source = stage.kp_detector(batch["source"])
-        kp_driving = stage.kp_detector(batch["driving"])
-        out = stage.generator(batch["source"], kp_driving=kp_driving, kp_source=kp_source)
-        terms = stage.generator_losses(batch, out, kp_driving)
-        return sum(v for k, v in terms.items() if k not in ("loss", "gan", "feature_matching"))
-    raise ConfigError(f"meta-learning does not know the loss of {type(stage).__name__}")
-
-
-def make_inner_optimizer(groups: list[dict], lr: float, betas: Sequence[float]) -> torch.optim.Adam:
-    return torch.optim.Adam([{"params": g["params"], "lr": lr * g["mult"]} for g in groups], betas=tuple(betas))
-
-
-def clean_and_clip_(params: Sequence[torch.nn.Parameter], clip: float, limit: float = 1e5) -> None:
-    for p in params:
-        if p.grad is not None:
-            torch.nan_to_num_(p.grad, nan=0.0, posinf=limit, neginf=-limit)
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-
-
-def adapt(stage: Stage, batch: dict, steps: int, optimizer: torch.optim.Optimizer, params: Sequence,
-          clip: float = 0.3, nan_to_num: float = 1e5) -> list[float]:
-    """`steps` optimizer steps of `stage_loss` on one pairs batch; returns the losses."""
-    losses = []
-    for _ in range(steps):
-        loss = stage_loss(stage, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clean_and_clip_(params, clip, nan_to_num)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
-# ---------------------------------------------------------------------------------------- outer update
-def outer_update(params: Sequence[torch.nn.Parameter], delta_sum: Sequence[torch.Tensor], num_tasks: int,
-                 optimizer: torch.optim.Optimizer, grad_clip: float = 0.0, distributed: bool = True) -> torch.Tensor:
-    """Apply the Reptile outer step: pseudo-gradient -mean_t(theta_N,t - phi) stepped by `optimizer`.
-
-    params: phi (already restored); delta_sum: per parameter, the sum over this process's tasks of
-    theta_N - phi; num_tasks: how many tasks that sum holds. With torch.distributed initialized (and
-    `distributed`) the sums and counts of all ranks are all-reduced first, so the mean is over every
-    task of every rank and each rank steps identically. Classic Reptile is `optimizer` = SGD(lr=eps)
-    (phi += eps * mean delta); the official form is Adam with `grad_clip`. Returns the mean-delta norm.
-    """
-    flat = torch.cat([d.reshape(-1) for d in delta_sum] + [delta_sum[0].new_tensor([float(num_tasks)])])
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-    count = flat[-1].item()
-    if count <= 0:
-        raise ValueError("outer_update: no tasks on any rank")
-    offset = 0
-    for p in params:
-        n = p.numel()
-        # the pseudo-gradient points from the adapted weights back to phi
-        p.grad = (flat[offset:offset + n].view_as(p) / -count).to(p.dtype)
-        offset += n
-    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).float()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
 
 
 def remove_spectral_norm_(module: torch.nn.Module) -> int:
@@ -185,32 +84,20 @@ def remove_spectral_norm_(module: torch.nn.Module) -> int:
     return count
 
 
-def tasks_as_pairs(batch: dict, split: str = "query") -> dict:
-    """All tasks of an identity_tasks batch as one pairs batch (their `split` frames, concatenated)."""
-    from datamodules import task_pairs
-
-    parts = [task_pairs(batch, i, split) for i in range(batch["source"].shape[0])]
-    out = {}
-    for key in parts[0]:
-        values = [p[key] for p in parts]
-        out[key] = torch.cat(values) if torch.is_tensor(values[0]) else [v for vs in values for v in vs]
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ module
 class MetaLearningModule(Stage):
     Config = MetaConfig
 
     @classmethod
     def model_schema(cls, raw_model: DictConfig | None = None) -> DictConfig:
-        from mp_lightning.stages import stage_class
-
         schema = OmegaConf.structured(cls.Config)
         raw_model = raw_model if raw_model is not None else OmegaConf.create({})
-        inner_stage = raw_model.get("inner_stage", "refine")
-        if inner_stage not in INNER_STAGES:
-            raise ConfigError(f"config key 'model.inner_stage': '{inner_stage}' is not one of {', '.join(INNER_STAGES)}")
-        schema.inner = stage_class(inner_stage).model_schema(raw_model.get("inner"))
+        inner_stage = InnerStage.parse(raw_model.get("inner_stage", "refine"), "model.inner_stage")
+        inner_cls = stage_class(inner_stage.value)
+        if inner_cls.adaptation_loss is Stage.adaptation_loss:
+            raise ConfigError(f"config key 'model.inner_stage': stage '{inner_stage}' defines no adaptation "
+                              f"(Stage.adaptation_loss / adaptation_param_groups): it cannot be meta-learned")
+        schema.inner = inner_cls.model_schema(raw_model.get("inner"))
         return schema
 
     @classmethod
@@ -226,21 +113,19 @@ class MetaLearningModule(Stage):
     def __init__(self, config: dict, landmark_spec: dict | None = None, inner: Stage | None = None):
         """`inner`: an already built inner stage (tests, programmatic use) instead of one from the config."""
         super().__init__(config, landmark_spec)
-        from mp_lightning.stages import stage_class
-        from mp_lightning.stages.base import load_init_weights
-
         hp = self.hp
-        if hp.outer_rule not in OUTER_RULES:
-            raise ConfigError(f"config key 'model.outer_rule': '{hp.outer_rule}' is not one of {', '.join(OUTER_RULES)}")
         if hp.inner_steps < 1:
             raise ConfigError("config key 'model.inner_steps' must be >= 1")
         inner_config = copy.deepcopy(dict(config))
-        inner_config["stage"] = hp.inner_stage
+        inner_config["stage"] = hp.inner_stage.value
         inner_config["model"] = copy.deepcopy(hp.inner)
-        self.inner = inner if inner is not None else stage_class(hp.inner_stage)(config=inner_config,
+        self.inner = inner if inner is not None else stage_class(hp.inner_stage.value)(config=inner_config,
                                                                                  landmark_spec=landmark_spec)
         if hp.init_from:
-            self._load_init(hp.init_from, load_init_weights)
+            state = read_state_dict(hp.init_from, weights_only=False)
+            # a meta checkpoint's keys carry the `inner.` prefix: it loads into the whole module
+            target = self if any(k.startswith("inner.") for k in state) else self.inner
+            load_matching(target, state, f"model.init_from={hp.init_from}")
         if hp.remove_spectral_norm:
             removed = remove_spectral_norm_(self.inner)
             net = self.inner.hparams["config"]["model"].setdefault("net", {})
@@ -250,18 +135,9 @@ class MetaLearningModule(Stage):
                 self.inner.hparams["config"]["model"]["init_from"] = None
         self.automatic_optimization = False
 
-    def _load_init(self, path: str, loader) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state)
-        if any(k.startswith("inner.") for k in state):
-            # a meta checkpoint: load it into the whole module (its keys carry the `inner.` prefix)
-            loader(self, path)
-        else:
-            loader(self.inner, path)
-
     # --- contract: the inner stage does the work -------------------------------------------------------
     def forward(self, batch: dict) -> dict:
-        if "support_driving" in batch and "driving" not in batch:
+        if holds_tasks(batch):
             batch = tasks_as_pairs(batch, "query")
         return self.inner(batch)
 
@@ -270,13 +146,13 @@ class MetaLearningModule(Stage):
         return self.inner.sample_transform()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        if "query_driving" in batch and "driving" not in batch:
+        if holds_tasks(batch):
             # in place, so the metric and media callbacks see the pairs the outputs belong to
             batch.update(tasks_as_pairs(batch, "query"))
         return super().validation_step(batch, batch_idx, dataloader_idx)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        if "query_driving" in batch and "driving" not in batch:
+        if holds_tasks(batch):
             batch.update(tasks_as_pairs(batch, "query"))
         return super().test_step(batch, batch_idx, dataloader_idx)
 
@@ -290,37 +166,27 @@ class MetaLearningModule(Stage):
     def cross_identity_protocol(self) -> str:
         return self.inner.cross_identity_protocol
 
+    def unwrapped(self) -> Stage:
+        return self.inner
+
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        return self.inner.adaptation_param_groups(warp_lr_multiplier)
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        return self.inner.adaptation_loss(batch)
+
     # --- Reptile -----------------------------------------------------------------------------------
     def meta_groups(self) -> list[dict]:
-        return inner_param_groups(self.inner, self.hp.inner_warp_lr_multiplier)
+        return adaptation_groups(self.inner, self.hp.inner_warp_lr_multiplier)
 
     def meta_parameters(self) -> list[torch.nn.Parameter]:
         return [p for g in self.meta_groups() for p in g["params"]]
 
     def inner_loop(self, batch: dict) -> dict:
         """Adapt to every task of `batch` from phi and return the summed differences (phi is restored)."""
-        from datamodules import task_pairs
-
         hp = self.hp
-        groups = self.meta_groups()
-        params = [p for g in groups for p in g["params"]]
-        with torch.no_grad():
-            phi = [p.detach().clone() for p in params]
-            delta_sum = [torch.zeros_like(p) for p in params]
-        losses = []
-        num_tasks = batch["source"].shape[0]
-        for t in range(num_tasks):
-            support = task_pairs(batch, t, "support")
-            opt = make_inner_optimizer(groups, hp.inner_lr, hp.inner_betas)  # fresh per task (official)
-            losses += adapt(self.inner, support, hp.inner_steps, opt, params, hp.grad_clip, hp.nan_to_num)
-            with torch.no_grad():
-                for p, p0, d in zip(params, phi, delta_sum):
-                    d.add_(p.detach() - p0)
-                    p.copy_(p0)
-            del opt
-        for p in params:
-            p.grad = None
-        return {"params": params, "delta_sum": delta_sum, "num_tasks": num_tasks, "losses": losses}
+        return inner_loop(self.inner, self.meta_groups(), batch, hp.inner_steps, hp.inner_lr, hp.inner_betas,
+                          hp.grad_clip, hp.nan_to_num)
 
     def training_step(self, batch: dict, batch_idx: int):
         if "support_driving" not in batch:

@@ -140,7 +140,7 @@ class PIRenderStage(Stage):
         # 1 once the editing net trains (or imported weights have it): until then the prediction is the warp
         self.register_buffer("editing_trained", torch.zeros((), dtype=torch.long))
         self._editing_trained_host: bool | None = None
-        self._adapted = False  # the generator was adapted by `meta_loss` steps since the EMA copy was synced
+        self._adapted = False  # the generator was adapted by `adaptation_loss` steps since the EMA copy was synced
         self.perceptual = PIRenderPerceptualLoss(hp.perceptual.num_scales, hp.perceptual.layer_weights,
                                                  hp.perceptual.pretrained)
         if hp.init_from:
@@ -206,7 +206,7 @@ class PIRenderStage(Stage):
         return self.generator_ema
 
     def _sync_ema_if_adapted(self) -> None:
-        # after `meta_loss` steps (personalization, Reptile) the adapted generator is the model: the EMA
+        # after `adaptation_loss` steps (personalization, Reptile) the adapted generator is the model: the EMA
         # copy, which inference and checkpoints use, takes its weights
         if self._adapted:
             self.generator_ema.load_state_dict(self.generator.state_dict())
@@ -267,7 +267,7 @@ class PIRenderStage(Stage):
 
             frames = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)[None]
         else:
-            from mp_lightning.video import read_video
+            from mp_lightning.io.video import read_video
 
             frames = read_video(path)
             frames = frames[frame:frame + 1] if frame is not None else frames
@@ -381,10 +381,10 @@ class PIRenderStage(Stage):
                              [p.detach() for p in self.generator.parameters()], 1 - decay)
 
     # what Reptile (`stage: meta`) and `personalize` train: the whole generator, on its own loss
-    def meta_param_groups(self, warp_lr_multiplier: float = 1.0) -> list[dict]:
+    def adaptation_param_groups(self, warp_lr_multiplier: float = 1.0) -> list[dict]:
         return [{"params": trainable(self.generator), "mult": 1.0, "name": "pirender"}]
 
-    def meta_loss(self, batch: dict) -> torch.Tensor:
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
         full = self.uses_editing or self.in_full_phase()
         self._adapted = True
         return self.losses(batch, full)["loss"]

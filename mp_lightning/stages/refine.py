@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import List
 
 import torch
-import torch.nn.functional as F
 
+from mp_lightning.choices import Choice
 from mp_lightning.errors import ConfigError, DataError
 from mp_lightning.stages.base import call_frozen, detached
-from mp_lightning.stages.warp import MetaPortraitStage, OptimConfig, PerceptualConfig, WarpStageConfig
+from mp_lightning.stages.warp import MetaPortraitStage, WarpStageConfig
 
 
 @dataclass
@@ -35,11 +35,21 @@ class RefineLossWeights:
     identity: float = 20.0  # paper: on (20); released code: 0 (commented out)
 
 
+class IdentitySource(Choice):
+    facenet = "facenet"  # embed the source frame
+    precomputed = "precomputed"  # the batch's source_identity (.identity.npy files)
+
+
+class FaceAlign(Choice):
+    center = "center"  # a fixed centre crop (differentiable)
+    mtcnn = "mtcnn"  # MTCNN face boxes
+
+
 @dataclass
 class IdentityConfig:
-    source: str = "facenet"  # facenet: embed the source frame | precomputed: batch source_identity (.identity.npy)
+    source: IdentitySource = IdentitySource.facenet  # facenet: embed the source frame | precomputed: .identity.npy
     pretrained: bool = True  # VGGFace2 weights (`mp-lightning weights`); false = random init, tests only
-    align: str = "center"  # face crop before the embedding: center (differentiable) | mtcnn
+    align: FaceAlign = FaceAlign.center  # face crop before the embedding: center (differentiable) | mtcnn
     # facenet: when the data declares its .identity.npy files as this embedder's kind (ROOT/identity.json,
     # e.g. facenet-vggface2 512-d), condition on them (and use them as the identity loss's reference) instead
     # of embedding the source frame every step, as the official loader reads its precomputed ids. The files
@@ -80,8 +90,6 @@ class RefineStage(MetaPortraitStage):
             scales=list(d.scales), block_expansion=d.block_expansion, max_features=d.max_features,
             num_blocks=d.num_blocks, sn=d.spectral_norm, num_channels=hp.net.num_channels,
         )
-        if hp.identity.source not in ("facenet", "precomputed"):
-            raise ConfigError(f"config key 'model.identity.source': '{hp.identity.source}' is not facenet | precomputed")
         if hp.identity.source == "facenet" and hp.net.identity_dim != 512:
             raise ConfigError(
                 f"config key 'model.net.identity_dim' is {hp.net.identity_dim} but facenet embeddings are 512-d "
@@ -92,7 +100,7 @@ class RefineStage(MetaPortraitStage):
         if hp.identity.source == "facenet" or hp.losses.identity > 0:
             from mp_lightning.networks.identity import FaceEmbedder
 
-            self.face_embedder = FaceEmbedder(pretrained=hp.identity.pretrained, align=hp.identity.align)
+            self.face_embedder = FaceEmbedder(pretrained=hp.identity.pretrained, align=str(hp.identity.align))
         if not self.trains_discriminator:
             self.discriminator.requires_grad_(False)
         self.automatic_optimization = False
@@ -213,6 +221,17 @@ class RefineStage(MetaPortraitStage):
                 terms["feature_matching"] = L.feature_matching_loss(detached(real_features), fake, weights)
         terms["loss"] = sum(terms.values())
         return terms
+
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        # refinement network x1, warping network x warp_lr_multiplier (official inner_warplr_tune)
+        return [
+            {"params": list(self.generator.refine_parameters()), "mult": 1.0, "name": "refine"},
+            {"params": list(self.generator.warp_parameters()), "mult": warp_lr_multiplier, "name": "warp"},
+        ]
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        batch = self.prepare(batch)
+        return self.generator_losses(batch, self(batch), adversarial=False)["loss"]
 
     def discriminator_losses(self, batch: dict, out: dict, real: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """LSGAN terms of the discriminator on the driving frames (`real`: its output there, if computed) and

@@ -19,11 +19,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mp_lightning.choices import Choice
 from mp_lightning.errors import ConfigError
-from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator
+from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD, vgg19_layers
+from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator, init_from_gfpgan
 from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen
 
-LQ_SOURCES = ("downsample", "base_model")
+
+class LQSource(Choice):
+    downsample = "downsample"  # bicubic from the ground truth (plus the configured degradations)
+    base_model = "base_model"  # a trained base model re-animates each frame from the window's first frame
+
 # torchvision VGG19 `features` indices of the pre-ReLU outputs conv1_2, conv2_2, conv3_4, conv4_4, conv5_4
 VGG19_PRE_RELU = (2, 7, 16, 25, 34)
 
@@ -83,7 +89,7 @@ class SRStageConfig:
     optim: SROptimConfig = field(default_factory=SROptimConfig)
     ema_decay: float = 0.999  # official ema_decay; the EMA net is used for validation and export
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)) so short runs are not dominated by the init
-    lq_source: str = "downsample"  # "downsample" (bicubic from the ground truth) or "base_model"
+    lq_source: LQSource = LQSource.downsample  # downsample (bicubic from the ground truth) | base_model
     base_checkpoint: Optional[str] = None  # mp-lightning base-model checkpoint for lq_source=base_model
     degradation: SRDegradationConfig = field(default_factory=SRDegradationConfig)
     bicubic_skip: bool = False  # predict a residual over bicubic upsampling, starting at 0 (not official; tiny CPU runs)
@@ -106,24 +112,9 @@ class SRPerceptualStyleLoss(nn.Module):
 
     def __init__(self, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0), pretrained: bool = True):
         super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers
-
-        from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD
-
         if len(layer_weights) != len(VGG19_PRE_RELU):
             raise ConfigError(f"model.perceptual.layer_weights needs {len(VGG19_PRE_RELU)} values, got {len(layer_weights)}")
-        features = make_layers(cfgs["E"], batch_norm=False)
-        if pretrained:
-            from mp_lightning.errors import CheckpointError
-            from mp_lightning.weights import require
-
-            path = require("vgg19")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-            missing = [k for k in features.state_dict() if k not in feats]
-            if missing:
-                raise CheckpointError(f"{path} is not a torchvision VGG19 checkpoint: missing {missing[:4]}")
-            features.load_state_dict(feats, strict=False)
+        features = vgg19_layers(pretrained)
         self.layer_weights = [float(w) for w in layer_weights]
         last = max(i for i, w in zip(VGG19_PRE_RELU, self.layer_weights) if w != 0) if any(self.layer_weights) else 0
         self.features = nn.Sequential(*[features[i] for i in range(last + 1)])
@@ -256,8 +247,6 @@ class SuperResolutionStage(Stage):
     def __init__(self, config: dict, landmark_spec: dict | None = None):
         super().__init__(config, landmark_spec)
         hp = self.hp
-        if hp.lq_source not in LQ_SOURCES:
-            raise ConfigError(f"model.lq_source must be one of {LQ_SOURCES}, got {hp.lq_source!r}")
         if hp.lq_source == "base_model" and not hp.base_checkpoint:
             raise ConfigError("model.lq_source=base_model needs model.base_checkpoint=PATH (a trained base-model checkpoint)")
         data_size = (config.get("data") or {}).get("image_size")
@@ -267,8 +256,6 @@ class SuperResolutionStage(Stage):
         self.automatic_optimization = False
         self.generator = TemporalSRGenerator(hp.net)
         if hp.init_gfpgan:
-            from mp_lightning.checkpoints.metaportrait_sr import init_from_gfpgan
-
             init_from_gfpgan(self.generator, hp.init_gfpgan)
         elif hp.bicubic_skip:
             # zero RGB heads: the residual starts at 0, i.e. the stage starts as exactly bicubic upsampling
@@ -513,7 +500,7 @@ class SuperResolutionStage(Stage):
     # --- validation -----------------------------------------------------------------------------------
     def _warp_metric(self):
         if self._val_warp is None:
-            from callbacks.metrics import TemporalWarpingError
+            from mp_lightning.metrics.suite import TemporalWarpingError
 
             self._val_warp = {k: TemporalWarpingError(flow_source="target") for k in ("sr", "bicubic")}
         return self._val_warp

@@ -160,6 +160,15 @@ class MetaPortraitStage(Stage):
         return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.lr_milestones), o.lr_gamma),
                 "interval": "epoch"}
 
+    # --- adaptation ---------------------------------------------------------------------------------
+    def adaptation_param_groups(self, warp_lr_multiplier: float) -> list[dict]:
+        # the warping network alone (x1: the multiplier only balances it against the refinement network)
+        return [{"params": list(self.generator.warp_parameters()), "mult": 1.0, "name": "warp"}]
+
+    def adaptation_loss(self, batch: dict) -> torch.Tensor:
+        batch = self.prepare(batch)
+        return self.warp_loss(self.warp(batch), batch)
+
     # --- animation ----------------------------------------------------------------------------------
     def animate(self, source, driving, driving_landmarks=None, source_landmarks=None, retarget: bool | None = None,
                 **kwargs):

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from mp_lightning.batch import is_cross_identity
 from mp_lightning.errors import ConfigError, MissingWeightsError
 
 __all__ = [
@@ -164,7 +165,7 @@ _LPIPS_BACKBONE_WEIGHTS = {"alex": "alexnet", "vgg": "vgg16"}
 def build_lpips_net(net: str = "alex", pretrained: bool = True, seed: int = 0) -> nn.Module:
     """`lpips.LPIPS` with its calibrated linear layers (they ship in the wheel).
 
-    pretrained=True needs torchvision's ImageNet trunk (`mp_lightning.weights.require("alexnet"/"vgg16")`,
+    pretrained=True needs torchvision's ImageNet trunk (`mp_lightning.io.weights.require("alexnet"/"vgg16")`,
     a `MissingWeightsError` when absent). pretrained=False uses a random trunk seeded with `seed`, so the
     values are reproducible but are *not* LPIPS: for offline tests and smoke runs only.
     """
@@ -176,7 +177,7 @@ def build_lpips_net(net: str = "alex", pretrained: bool = True, seed: int = 0) -
         # lpips still calls torchvision with the deprecated `pretrained=` argument
         warnings.simplefilter("ignore", UserWarning)
         if pretrained:
-            from mp_lightning.weights import require
+            from mp_lightning.io.weights import require
 
             require(_LPIPS_BACKBONE_WEIGHTS[net])
             model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=False, verbose=False)
@@ -447,7 +448,7 @@ def fid_unavailable_reason() -> Optional[str]:
         importlib.import_module("torch_fidelity")
     except ImportError:
         return "FID skipped: torch-fidelity is not installed (`pip install torch-fidelity`)"
-    from mp_lightning.weights import require
+    from mp_lightning.io.weights import require
 
     try:
         require("inception_fid")
@@ -576,7 +577,7 @@ class MetricSuite(nn.Module):
             identity reference, `driving_landmarks` (`frames_landmarks`) the AKD target.
         reference_available: False when there is no ground truth (cross-identity): then only
             id_similarity, aed (against the source), akd and fid are updated. None = the constructor's
-            value, else inferred: False when the batch has `driving_clip` (the cross_identity mode).
+            value, else inferred: False for a cross-identity batch (`mp_lightning.batch.is_cross_identity`).
     `compute()` -> flat {"lpips": float, "id_similarity": ..., ...} with only the metrics that saw data
     (every rank must call it: it syncs under DDP). `skipped` maps a metric to why it cannot run.
     """
@@ -699,7 +700,7 @@ class MetricSuite(nn.Module):
         if reference_available is None:
             reference_available = self.reference_available
         if reference_available is None:
-            reference_available = "driving_clip" not in batch
+            reference_available = not is_cross_identity(batch)
         pred = outputs["prediction"].detach().float().clamp(0, 1)
         clip = pred.ndim == 5
         if clip:

@@ -125,7 +125,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> list | bool:
             group=cfg.logger.group,
             tags=list(cfg.logger.tags),
             offline=cfg.logger.mode == "offline",
-            mode=cfg.logger.mode,
+            mode=str(cfg.logger.mode),
             log_model=cfg.logger.log_model,
         )
     return [primary, csv] if cfg.logger.local_csv else [primary]
@@ -162,7 +162,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.callbacks.progress_bar_refresh_rate)))
     if cfg.callbacks.lr_monitor and cfg.logger.type != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.callbacks.metrics:
+    if cfg.mp_lightning.metrics.suite:
         from callbacks.evaluation import MetricsCallback
 
         callbacks.append(MetricsCallback(OmegaConf.to_object(cfg.metrics)))
@@ -173,10 +173,18 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger=None, callbacks=None):
+# the trainer settings that a test-only run (`run_evaluation`) takes; the others only shape training
+EVALUATION_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "limit_test_batches",
+                           "enable_progress_bar")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger=None, callbacks=None, keys=None):
+    """The Lightning Trainer of `cfg.trainer` (all of it, or only `keys`)."""
     import lightning as L
 
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if keys is not None:
+        kwargs = {k: kwargs[k] for k in keys}
     kwargs["precision"] = resolve_precision(kwargs["precision"], kwargs["accelerator"])
     return L.Trainer(
         default_root_dir=str(run_dir),
@@ -219,22 +227,24 @@ def run_training(cfg: DictConfig) -> dict:
     stage = build_stage(cfg, datamodule)
     connect_stage_and_data(stage, datamodule)
     logger = build_logger(cfg, run_dir)
-    if logger:
-        _log_hyperparameters(logger, cfg, stage)
-    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir))
-    ckpt = resume_checkpoint(cfg, run_dir)
-    if ckpt and trainer.is_global_zero:
-        print(f"resuming from {ckpt}")
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt)
-    result = {
-        "run_dir": str(run_dir),
-        "last_checkpoint": str(run_dir / CHECKPOINT_DIR / "last.ckpt"),
-        "global_step": trainer.global_step,
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-    }
-    if trainer.is_global_zero:
-        (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
-    _finish_logger(logger)
+    try:
+        if logger:
+            _log_hyperparameters(logger, cfg, stage)
+        trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir))
+        ckpt = resume_checkpoint(cfg, run_dir)
+        if ckpt and trainer.is_global_zero:
+            print(f"resuming from {ckpt}")
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt)
+        result = {
+            "run_dir": str(run_dir),
+            "last_checkpoint": str(run_dir / CHECKPOINT_DIR / "last.ckpt"),
+            "global_step": trainer.global_step,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        }
+        if trainer.is_global_zero:
+            (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
+    finally:
+        finish_logger(logger)
     return result
 
 
@@ -250,8 +260,9 @@ def _log_hyperparameters(loggers, cfg: DictConfig, stage) -> None:
         logger.log_hyperparams(hp)
 
 
-def _finish_logger(loggers) -> None:
-    # always finish, so that one crashed run does not poison the next one in a sweep
+def finish_logger(loggers) -> None:
+    """Close the run's W&B run (called in `finally`: one crashed run must not poison the next one of a sweep
+    or an ablation, which share the process)."""
     if wandb_logger(loggers) is not None:
         import wandb
 
@@ -301,40 +312,38 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     for module in data.modules.values():
         connect_stage_and_data(stage, module)
     metrics_cb = MetricsCallback(OmegaConf.to_object(cfg.metrics))
-    logger = build_logger(cfg, run_dir) if cfg.logger.type != "none" else False
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir), logger=logger, callbacks=[metrics_cb],
-        accelerator=trainer_cfg["accelerator"], devices=trainer_cfg["devices"], num_nodes=trainer_cfg["num_nodes"],
-        strategy=trainer_cfg["strategy"], precision=resolve_precision(trainer_cfg["precision"], trainer_cfg["accelerator"]),
-        limit_test_batches=trainer_cfg["limit_test_batches"], enable_progress_bar=trainer_cfg["enable_progress_bar"],
-    )
-    metrics_cb.set_names = {"test": data.test_set_names}
-    trainer.test(stage, dataloaders=data.dataloaders())
-    results = dict(sorted(metrics_cb.last_results.items()))
-    # a model driven by motion descriptors says which extractor's (results of different kinds are not comparable)
-    descriptor = getattr(stage.hp, "descriptor", None)
-    if trainer.is_global_zero:
-        summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"], "metrics": results,
-                   "cross_identity_protocol": stage.cross_identity_protocol, "skipped": dict(metrics_cb.skipped)}
-        if descriptor:
-            summary["descriptor"] = descriptor
-        (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name, skipped=metrics_cb.skipped))
-        if wandb_logger(logger) is not None:
-            import wandb
+    logger = build_logger(cfg, run_dir)
+    try:
+        trainer = build_trainer(cfg, run_dir, logger, [metrics_cb], keys=EVALUATION_TRAINER_KEYS)
+        metrics_cb.set_names = {"test": data.test_set_names}
+        trainer.test(stage, dataloaders=data.dataloaders())
+        results = dict(sorted(metrics_cb.last_results.items()))
+        # a model driven by motion descriptors says which extractor's (results of different kinds are not comparable)
+        descriptor = getattr(stage.hp, "descriptor", None)
+        if trainer.is_global_zero:
+            summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"],
+                       "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol,
+                       "skipped": dict(metrics_cb.skipped)}
+            if descriptor:
+                summary["descriptor"] = descriptor
+            (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+            (eval_dir / "metrics.md").write_text(metrics_markdown(results, title=cfg.name, skipped=metrics_cb.skipped))
+            if wandb_logger(logger) is not None:
+                import wandb
 
-            wandb_logger(logger).experiment.log({"test/metrics_table": wandb.Table(
-                columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
-    _finish_logger(logger)
-    return {"eval_dir": str(eval_dir), "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol,
-            "descriptor": descriptor, "skipped": dict(metrics_cb.skipped)}
+                wandb_logger(logger).experiment.log({"test/metrics_table": wandb.Table(
+                    columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
+    finally:
+        finish_logger(logger)
+    return {"eval_dir": str(eval_dir), "metrics": results, "stage": stage,
+            "cross_identity_protocol": stage.cross_identity_protocol, "descriptor": descriptor,
+            "skipped": dict(metrics_cb.skipped)}
 
 
 def metrics_markdown(results: dict, title: str = "", skipped: dict | None = None) -> str:
     """Metrics as a markdown table: one row per metric, a column per evaluation set, and the network each
     number comes from; then the metrics that were skipped and why."""
-    from callbacks.metrics import METRIC_NETWORKS
+    from mp_lightning.metrics.suite import METRIC_NETWORKS
 
     rows: dict[str, dict[str, float]] = {}
     sets: list[str] = []

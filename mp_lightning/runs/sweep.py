@@ -31,7 +31,7 @@ from mp_lightning.errors import ConfigError
 STATE_FILE = "sweep_state.json"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
-TRAIN_SUMMARY = "train_summary.json"  # written by mp_lightning.training.run_training
+TRAIN_SUMMARY = "train_summary.json"  # written by mp_lightning.runs.training.run_training
 DEFAULT_MAX_RUNS = 10  # random/bayes sweeps never run out of suggestions
 
 
@@ -344,9 +344,11 @@ def run_online_sweep(
 
     def trial() -> None:
         run = wandb.init()
-        params = {k: v for k, v in dict(run.config).items()}
-        run_id = run.id
-        run.finish()
+        try:
+            params = {k: v for k, v in dict(run.config).items()}
+            run_id = run.id
+        finally:
+            run.finish()
         trial_dir = sweep_dir / run_id
         # the train process logs into the agent's run: training.wandb_run_id reads this file
         (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -67,13 +67,13 @@ def methods_from_args(items: Sequence[str]) -> list[Method]:
 def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[str] = (),
                 video_frames: int = 32, wandb_mode: str = "offline", source_identity: str | Path | None = None) -> dict:
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import run_evaluation
+    from mp_lightning.runs.training import run_evaluation
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
     descriptors: dict[str, str] = {}  # method -> motion-descriptor kind, for the methods driven by one
-    configs = {}
+    configs, stages = {}, {}
     for m in methods:
         configs[m.name] = compose(m.experiment, [f"ckpt_path={m.checkpoint}", f"name={m.name}",
                                                  f"output_root={out_dir}", "logger.type=none", *overrides])
@@ -82,7 +82,7 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     for m in methods:
         print(f"== {m.name}: {m.experiment} @ {m.checkpoint}")
         result = run_evaluation(configs[m.name])
-        rows[m.name], protocols[m.name] = result["metrics"], result["cross_identity_protocol"]
+        rows[m.name], protocols[m.name], stages[m.name] = result["metrics"], result["cross_identity_protocol"], result["stage"]
         if result.get("descriptor"):
             descriptors[m.name] = result["descriptor"]
     metrics = sorted({k for r in rows.values() for k in r})
@@ -92,7 +92,7 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
     (out_dir / "compare.json").write_text(json.dumps({"methods": [m.__dict__ for m in methods], "metrics": rows,
                                                       "cross_identity_protocol": protocols,
                                                       "descriptors": descriptors}, indent=2))
-    video = (compare_video(methods, configs, out_dir / "compare.mp4", video_frames, source_identity)
+    video = (compare_video(methods, configs, stages, out_dir / "compare.mp4", video_frames, source_identity)
              if video_frames > 0 else None)
     _log_wandb(rows, metrics, out_dir, video, wandb_mode)
     return {"rows": rows, "metrics": metrics, "dir": str(out_dir), "video": str(video) if video else None}
@@ -118,12 +118,12 @@ def _markdown(rows, metrics, protocols) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: int,
+def compare_video(methods: list[Method], configs: dict, stages: dict, path: Path, num_frames: int,
                   source_identity: str | Path | None = None) -> Path | None:
-    """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving)."""
-    from mp_lightning import load_stage
-    from mp_lightning.inputs import load_driving, load_source, load_source_inputs
-    from mp_lightning.video import write_video
+    """source | driving | method 1 | method 2 ... on the first two test clips (cross-identity driving);
+    `stages`: each method's evaluated stage, by name."""
+    from mp_lightning.io.video import write_video
+    from mp_lightning.preprocess.inputs import load_driving, load_source, load_source_inputs
 
     first = configs[methods[0].name]
     clips = sorted((Path(first.data.root) / first.data.test_split).rglob("*.mp4"))
@@ -131,11 +131,11 @@ def compare_video(methods: list[Method], configs: dict, path: Path, num_frames: 
         return None
     columns = []
     for m in methods:
-        stage = load_stage(m.checkpoint)
+        stage = stages[m.name]
         size = int(configs[m.name].data.image_size)
         source, source_lm = load_source(clips[0], size=size)
         driving, driving_lm = load_driving(clips[-1], size=size, max_frames=num_frames)
-        kwargs = {"relative": True} if stage.hparams["config"]["stage"] == "fomm" else {}
+        kwargs = {"relative": True}
         extra = load_source_inputs(stage, clips[0], source_identity)
         if extra:
             kwargs["extra"] = extra
@@ -159,9 +159,12 @@ def _log_wandb(rows, metrics, out_dir: Path, video, mode: str) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(project="mp-lightning", name=f"compare-{out_dir.name}", dir=str(out_dir), mode=mode,
                      job_type="compare")
-    table = wandb.Table(columns=["method", *metrics], data=[[n, *[r.get(k) for k in metrics]] for n, r in rows.items()])
-    payload = {"compare/table": table}
-    if video:
-        payload["compare/video"] = wandb.Video(str(video), format="mp4")
-    run.log(payload)
-    run.finish()
+    try:
+        table = wandb.Table(columns=["method", *metrics],
+                            data=[[n, *[r.get(k) for k in metrics]] for n, r in rows.items()])
+        payload = {"compare/table": table}
+        if video:
+            payload["compare/video"] = wandb.Video(str(video), format="mp4")
+        run.log(payload)
+    finally:
+        run.finish()

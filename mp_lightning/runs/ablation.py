@@ -106,7 +106,7 @@ def run_ablation(
 ) -> dict:
     """Train + evaluate every row (reusing finished ones); returns {"rows", "table_md", "table_csv", ...}."""
     from mp_lightning.config.compose import compose
-    from mp_lightning.training import run_evaluation, run_training
+    from mp_lightning.runs.training import run_evaluation, run_training
 
     ablation = load_ablation_set(set_file)
     extra = list(extra_overrides)
@@ -223,6 +223,8 @@ def log_table_to_wandb(ablation: dict, table: dict, out_dir: Path) -> str:
     os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(project=ablation.get("project", "mp-lightning"), group=ablation["name"],
                      name=f"{ablation['name']}/table", dir=str(wandb_dir), mode="offline", job_type="ablation")
-    run.log({"ablation_table": wandb.Table(columns=table["header"], data=table["rows"])})
-    run.finish()
+    try:
+        run.log({"ablation_table": wandb.Table(columns=table["header"], data=table["rows"])})
+    finally:
+        run.finish()
     return str(wandb_dir)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]  # mp_lightning/io/paths.py -> the checkout
 
 
 def experiments_dir() -> Path:

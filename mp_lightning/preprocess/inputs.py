@@ -79,7 +79,7 @@ def _read_landmarks(path: Path, frames: int | None) -> np.ndarray:
 
 def load_source(path: str | Path, size: int, frame: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Source image (3, size, size) in [0, 1] and its landmarks (K, 2) in [0, 1]."""
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
 
     path = Path(path)
     if not path.is_file():
@@ -106,7 +106,7 @@ def load_source(path: str | Path, size: int, frame: int = 0) -> tuple[torch.Tens
 
 def load_driving(path: str | Path, size: int, max_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Driving frames (T, 3, size, size) in [0, 1] and landmarks (T, K, 2) in [0, 1]."""
-    from mp_lightning.video import read_video
+    from mp_lightning.io.video import read_video
 
     path = Path(path)
     if not path.is_file():

@@ -47,6 +47,15 @@ def write_video(path: str | Path, frames, fps: int = 25, crf: int = 18, gop: int
     return path
 
 
+def video_fps(path: str | Path) -> float:
+    """The average frame rate of a video's first stream (25 when the file does not say)."""
+    import av
+
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else 25.0
+
+
 def read_video(path: str | Path) -> np.ndarray:
     """All frames of a video as (T, H, W, 3) uint8 (for tools and tests; training reads with decord)."""
     import av

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from mp_lightning.errors import DataError
+from mp_lightning.io.video import read_video, video_fps
+from mp_lightning.reptile import adapt, adaptation_groups, make_inner_optimizer
+from mp_lightning.stages.base import save_stage_checkpoint
 
 
 def step_schedule(steps: int, every: Optional[int] = None) -> list[int]:
@@ -34,18 +37,13 @@ def step_schedule(steps: int, every: Optional[int] = None) -> list[int]:
 
 def load_clip(video: str | Path, image_size: int) -> dict:
     """frames (T, 3, S, S) in [0, 1], landmarks (T, K, 2) in [0, 1] (from <clip>.landmarks.npy), fps."""
-    import av
-
     video = Path(video)
     if not video.is_file():
         raise DataError(f"video not found: {video}")
     landmarks_path = video.with_suffix(".landmarks.npy")
     if not landmarks_path.is_file():
         raise DataError(f"no landmarks beside the video: expected {landmarks_path} (run `mp-lightning preprocess`)")
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 25)
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    fps, frames = video_fps(video), read_video(video)
     landmarks = np.load(landmarks_path).astype(np.float32)
     n = min(len(frames), len(landmarks))
     if n < 2:
@@ -70,7 +68,7 @@ class Evaluator:
     """Metrics of a stage's predictions on held-out frames (source = first frame)."""
 
     def __init__(self, lpips_pretrained: bool = True, identity_pretrained: bool = True, identity: bool = True):
-        from callbacks.metrics import L1, LPIPS, PSNR, SSIM, IdentitySimilarity
+        from mp_lightning.metrics.suite import L1, LPIPS, PSNR, SSIM, IdentitySimilarity
 
         self.metrics = {"lpips": LPIPS(pretrained=lpips_pretrained), "psnr": PSNR(), "ssim": SSIM(), "l1": L1()}
         if identity:
@@ -104,9 +102,6 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
 
     The schedule is `step_schedule(steps, eval_every)`; evaluation time is not counted in `seconds`.
     """
-    from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.stages.meta import adapt, inner_param_groups, make_inner_optimizer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = load_clip(video, _image_size(stage))
@@ -118,11 +113,11 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     held = torch.linspace(n_train, len(frames) - 1, min(max_eval_frames, len(frames) - n_train)).round().long().unique()
     device = stage.device
     source, source_lm = frames[0], landmarks[0]
-    from mp_lightning.inputs import load_source_inputs
+    from mp_lightning.preprocess.inputs import load_source_inputs
 
     extra = load_source_inputs(stage, video, source_identity)  # e.g. the official weights' precomputed identity
     evaluator = Evaluator(lpips_pretrained, identity_pretrained, identity)
-    groups = inner_param_groups(stage, warp_lr_multiplier)
+    groups = adaptation_groups(stage, warp_lr_multiplier)
     params = [p for g in groups for p in g["params"]]
     optimizer = make_inner_optimizer(groups, lr, betas)
     rng = np.random.default_rng(seed)
