@@ -265,3 +265,12 @@ def test_fid_is_skipped_with_a_reason(monkeypatch):
     assert "torch-fidelity" in fid_unavailable_reason()
     suite = MetricSuite({"enabled": ["psnr"], "fid": True})
     assert "fid" not in suite.metrics and "torch-fidelity" in suite.skipped["fid"]
+
+
+def test_fid_without_its_inception_file_is_skipped_naming_the_file(tmp_path, monkeypatch):
+    pytest.importorskip("torch_fidelity", reason="torch-fidelity is a dependency; this checks the weights message")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reason = fid_unavailable_reason()
+    assert "weights-inception-2015-12-05-6726825d.pth" in reason and str(tmp_path) in reason
+    suite = MetricSuite({"enabled": ["psnr"], "fid": True})
+    assert "fid" not in suite.metrics and suite.skipped["fid"] == reason
