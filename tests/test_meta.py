@@ -154,7 +154,7 @@ def _meta_cfg(tiny_data, run_root, experiment="meta_warp_tiny.yaml", *extra):
         tiny_data, run_root, "data.mode=identity_tasks", "data.support_frames=1", "data.query_frames=1",
         "data.augment_flip=false", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "trainer.limit_train_batches=2", "trainer.max_steps=-1",
-        "mp_lightning.metrics.suite=false", *extra))
+        "callbacks.metrics=false", *extra))
 
 
 def test_schema_types_inner_by_the_inner_stage():

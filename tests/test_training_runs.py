@@ -21,7 +21,7 @@ WARP_TINY = EXPERIMENTS / "metaportrait" / "warp_tiny.yaml"
 def _train_cmd(data, runs, *extra):
     return [sys.executable, "-m", "mp_lightning", "train", str(WARP_TINY),
             *tiny_overrides(data, runs, "name=resumable", "callbacks.checkpoint.every_n_train_steps=2",
-                            "trainer.check_val_every_n_epoch=1000", "mp_lightning.metrics.suite=false", *extra)]
+                            "trainer.check_val_every_n_epoch=1000", "callbacks.metrics=false", *extra)]
 
 
 @pytest.mark.slow

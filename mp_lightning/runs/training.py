@@ -162,7 +162,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.callbacks.progress_bar_refresh_rate)))
     if cfg.callbacks.lr_monitor and cfg.logger.type != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.mp_lightning.metrics.suite:
+    if cfg.callbacks.metrics:
         from callbacks.evaluation import MetricsCallback
 
         callbacks.append(MetricsCallback(OmegaConf.to_object(cfg.metrics)))
