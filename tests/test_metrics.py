@@ -1,6 +1,7 @@
 """Evaluation metrics: each equals the reference library on the same tensors; the suite picks batch keys."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -274,3 +275,25 @@ def test_fid_without_its_inception_file_is_skipped_naming_the_file(tmp_path, mon
     assert "weights-inception-2015-12-05-6726825d.pth" in reason and str(tmp_path) in reason
     suite = MetricSuite({"enabled": ["psnr"], "fid": True})
     assert "fid" not in suite.metrics and suite.skipped["fid"] == reason
+
+
+def test_akd_runs_mediapipe_on_the_prediction_and_the_ground_truth(tiny_data):
+    from mp_lightning.io.video import read_video
+    from mp_lightning.metrics.akd_mediapipe import mediapipe_unavailable_reason
+
+    reason = mediapipe_unavailable_reason()
+    if reason:
+        suite = MetricSuite({"enabled": ["akd"], "fid": False})
+        assert "akd" not in suite.metrics and suite.skipped["akd"] == reason
+        pytest.skip(reason)
+    clip = sorted((tiny_data / "test").rglob("*.mp4"))[0]
+    gt = torch.from_numpy(np.asarray(read_video(clip))[:4]).permute(0, 3, 1, 2).float() / 255
+    gt = torch.nn.functional.interpolate(gt, size=(128, 128), mode="bilinear", align_corners=False)
+    shifted = torch.roll(gt, shifts=4, dims=3)  # the whole face 4 px to the right
+    values = {}
+    for name, prediction in (("same", gt), ("shifted", shifted)):
+        suite = MetricSuite({"enabled": ["akd"], "fid": False})
+        suite.update({"prediction": prediction}, {"driving": gt, "source": gt[:1].expand_as(gt)})
+        values[name] = suite.compute()
+    assert values["same"]["akd"] == pytest.approx(0.0, abs=1e-6) and values["same"]["akd_no_face"] == 0
+    assert values["shifted"]["akd"] == pytest.approx(4.0, abs=1.0)

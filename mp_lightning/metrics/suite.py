@@ -280,10 +280,23 @@ class AKD(_MeanMetric):
 
     higher_is_better = False
 
-    def __init__(self, detector: Optional[LandmarkDetector] = None, image_size: Optional[int] = None, **kwargs: Any):
+    def __init__(self, detector: Optional[LandmarkDetector] = None, image_size: Optional[int] = None,
+                 detect_target: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self._hold_frozen("detector", detector)
         self.image_size = image_size
+        self.detect_target = detect_target  # the detector also finds the target's landmarks (`update_detected`)
+
+    def update_detected(self, preds: Tensor, targets: Tensor) -> Tensor:
+        """The detector on both the predictions and the ground-truth frames (B, 3, H, W); returns (B,) bool:
+        a face found in both (pairs without are left out of the mean and counted by the caller)."""
+        with torch.no_grad():
+            pred_landmarks = self.detector(preds.float())
+            target_landmarks = self.detector(targets.float())
+        found = pred_landmarks.flatten(1).isfinite().all(1) & target_landmarks.flatten(1).isfinite().all(1)
+        if bool(found.any()):
+            self.update(target_landmarks[found], pred_landmarks[found], preds=preds[found])
+        return found.to(self.total.device)
 
     def update(
         self,
@@ -481,7 +494,10 @@ class IdentityConfig:
 
 @dataclass
 class AKDConfig:
-    detector: Optional[str] = None  # "pkg.module:factory", a zero-argument factory returning a landmark detector
+    # "mediapipe": the offline face mesh on the prediction and the ground-truth frame alike (skipped with the reason
+    # where mediapipe is not installed); "pkg.module:factory": a detector of the data's own landmark set, compared
+    # with the batch's driving landmarks; None: only a stage's own `prediction_landmarks`
+    detector: Optional[str] = "mediapipe"
     image_size: Optional[int] = None  # report pixels at this side (FOMM: 256); None = the frames' own size
 
 
@@ -519,7 +535,8 @@ METRIC_NETWORKS = {
     "aed_dlib": "dlib ResNet face descriptor (HOG detector, 5-point alignment)",
     "dlib_no_face": "count of predicted frames in which dlib's detector found no face",
     "psnr": "pixels", "ssim": "pixels", "l1": "pixels",
-    "akd": "landmark detector (metrics.akd.detector) or the stage's landmarks",
+    "akd": "mediapipe face mesh on prediction and ground truth (metrics.akd.detector; FOMM used 2D-FAN), or the stage's landmarks",
+    "akd_no_face": "count of pairs in which mediapipe found no face in the prediction or the ground truth",
     "fid": "torchmetrics FID, Inception (torch-fidelity weights)",
     "warp_error": "Farneback optical flow (OpenCV)",
 }
@@ -659,9 +676,23 @@ class MetricSuite(nn.Module):
                     self._skip(name, reason)
         object.__setattr__(self, "_dlib_embedder", dlib_embedder)
         if "akd" in enabled:
-            if landmark_detector is None and cfg.akd.detector:
+            from mp_lightning.metrics.akd_mediapipe import MEDIAPIPE, MediaPipeKeypoints, mediapipe_unavailable_reason
+
+            detect_target, reason = False, None
+            if landmark_detector is None and cfg.akd.detector == MEDIAPIPE:
+                reason = mediapipe_unavailable_reason()
+                if reason is None:
+                    landmark_detector, detect_target = MediaPipeKeypoints(), True
+            elif landmark_detector is None and cfg.akd.detector:
                 landmark_detector = _load_factory(cfg.akd.detector)()
-            metrics["akd"] = AKD(landmark_detector, cfg.akd.image_size)
+            if reason:
+                self._skip("akd", reason)
+            else:
+                metrics["akd"] = AKD(landmark_detector, cfg.akd.image_size, detect_target=detect_target)
+                if detect_target:
+                    from mp_lightning.metrics.dlib_identity import MissedFaces
+
+                    metrics["akd_no_face"] = MissedFaces()
         if "warp_error" in enabled:
             metrics["warp_error"] = TemporalWarpingError(cfg.warp.flow_source, cfg.warp.occlusion_check)
         if cfg.fid:
@@ -749,7 +780,12 @@ class MetricSuite(nn.Module):
                 ref_emb = as_args(embed(gt)) if reference_available else src_emb
                 dist.update(*pred_emb, *ref_emb)
 
-        if "akd" in m:
+        if "akd" in m and m["akd"].detect_target:
+            # the detector runs on both images: a reconstruction measure, for pairs with a ground-truth frame
+            if reference_available:
+                found = m["akd"].update_detected(frames, gt)
+                m["akd_no_face"].update(found)
+        elif "akd" in m:
             if gt_landmarks is None:
                 self._skip("akd", "AKD skipped: the batch has no driving landmarks")
             elif pred_landmarks is None and m["akd"].detector is None:
