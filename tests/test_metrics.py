@@ -297,3 +297,34 @@ def test_akd_runs_mediapipe_on_the_prediction_and_the_ground_truth(tiny_data):
         values[name] = suite.compute()
     assert values["same"]["akd"] == pytest.approx(0.0, abs=1e-6) and values["same"]["akd_no_face"] == 0
     assert values["shifted"]["akd"] == pytest.approx(4.0, abs=1.0)
+
+
+def test_arcface_identity_metrics_skip_without_their_file_and_run_with_it(tmp_path, monkeypatch):
+    from mp_lightning.io.weights import WEIGHTS
+    from mp_lightning.networks import arcface
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    config = {"enabled": ["id_similarity_arcface", "aed_arcface"], "fid": False}
+    suite = MetricSuite(config)
+    assert not suite.metrics and "arcface_r100_ms1mv3_backbone.pth" in suite.skipped["id_similarity_arcface"]
+    # a backbone file in insightface's layout (a shallow one: the released IResNet-100 is 250 MB)
+    monkeypatch.setitem(arcface.DEPTHS, "r100", (1, 1, 1, 1))
+    path = WEIGHTS["arcface_r100"].path
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = arcface.IResNet("r100")
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))):
+            bn.running_var.uniform_(0.5, 2.0)  # released statistics, not the defaults
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)  # DDP-saved, as released files are
+    images = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    suite = MetricSuite(config)
+    suite.update({"prediction": images}, {"driving": images, "source": images})
+    same = suite.compute()
+    assert same["id_similarity_arcface"] == pytest.approx(1.0, abs=1e-5) and same["aed_arcface"] == pytest.approx(0.0, abs=1e-5)
+    suite = MetricSuite(config)
+    suite.update({"prediction": images}, {"driving": images, "source": images.flip(0)})
+    assert suite.compute()["id_similarity_arcface"] < 0.999
+    torch.save({k: v for k, v in net.state_dict().items() if k != "features.weight"}, path)
+    with pytest.raises(Exception, match="features.weight"):
+        MetricSuite(config)

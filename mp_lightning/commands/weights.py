@@ -49,6 +49,9 @@ def run(args) -> int:
             if _status(name)[0] == "present":
                 continue
             w = WEIGHTS[name]
+            if not w.url:
+                print(f"{name}: no direct download link; put {w.filename} at {w.path} by hand", flush=True)
+                continue
             print(f"downloading {name}: {w.url} -> {w.path}", flush=True)
             download(name)
 

@@ -68,6 +68,11 @@ WEIGHTS: Dict[str, WeightFile] = {
             "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
             "6726825d", "FID metric (torch-fidelity's Inception v3)",
         ),
+        WeightFile(
+            "arcface_r100", "arcface_r100_ms1mv3_backbone.pth", "checkpoints",
+            "", "",  # insightface's model zoo (arcface_torch, ms1mv3_arcface_r100_fp16 backbone.pth): no direct link
+            "ArcFace identity metrics, as published CSIM (id_similarity_arcface, aed_arcface)",
+        ),
     ]
 }
 
@@ -79,8 +84,9 @@ def require(name: str) -> Path:
         return w.path
     raise MissingWeightsError(
         f"pretrained weights '{w.name}' ({w.used_by}) not found: expected the file {w.filename} at {w.path}. "
-        f"Copy it there from a machine with internet ({w.url}), or run `mp-lightning weights --download`; "
-        f"`mp-lightning weights` lists every file and whether it is present. "
+        + (f"Copy it there from a machine with internet ({w.url}), or run `mp-lightning weights --download`; "
+           if w.url else "It has no direct download link: get it by hand (see its loader's docstring); ")
+        + f"`mp-lightning weights` lists every file and whether it is present. "
         f"For tests and smoke runs set the component's `pretrained: false`."
     )
 
@@ -113,6 +119,9 @@ def download(name: str, timeout: float = 30.0, progress: Optional[Callable[[int,
     `progress(bytes_done, bytes_total)` is called after each chunk (total 0 when unknown).
     """
     w = WEIGHTS[name]
+    if not w.url:
+        raise UserFacingError(f"'{w.name}' has no direct download link ({w.used_by}): get {w.filename} by hand and "
+                              f"put it at {w.path}")
     w.path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=w.filename + ".", suffix=".part", dir=w.path.parent)
     tmp = Path(tmp_name)

@@ -519,7 +519,7 @@ class DlibConfig:
 
 
 ALL_METRICS = ("lpips", "st_lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "id_similarity_dlib", "aed_dlib",
-               "akd", "warp_error")
+               "id_similarity_arcface", "aed_arcface", "akd", "warp_error")
 REFERENCE_METRICS = ("lpips", "st_lpips", "psnr", "ssim", "l1", "warp_error")  # compare with ground truth
 
 # which network each logged number comes from (metrics.md prints it beside the values)
@@ -534,6 +534,8 @@ METRIC_NETWORKS = {
     "id_similarity_dlib": "dlib ResNet face descriptor (HOG detector, 5-point alignment)",
     "aed_dlib": "dlib ResNet face descriptor (HOG detector, 5-point alignment)",
     "dlib_no_face": "count of predicted frames in which dlib's detector found no face",
+    "id_similarity_arcface": "ArcFace IResNet-100 (MS1MV3) cosine: the published CSIM's network",
+    "aed_arcface": "ArcFace IResNet-100 (MS1MV3) L2 distance",
     "psnr": "pixels", "ssim": "pixels", "l1": "pixels",
     "akd": "mediapipe face mesh on prediction and ground truth (metrics.akd.detector; FOMM used 2D-FAN), or the stage's landmarks",
     "akd_no_face": "count of pairs in which mediapipe found no face in the prediction or the ground truth",
@@ -656,6 +658,21 @@ class MetricSuite(nn.Module):
                 for name in enabled & {"id_similarity", "aed"}:
                     self._skip(name, f"{name} skipped: {err}")
         object.__setattr__(self, "_embedder", embedder)  # shared with the identity metrics, outside the tree
+        arcface_wanted = enabled & {"id_similarity_arcface", "aed_arcface"}
+        arcface_embedder = None
+        if arcface_wanted:
+            try:
+                from mp_lightning.networks.arcface import ArcFaceEmbedder
+
+                arcface_embedder = ArcFaceEmbedder(center_fraction=cfg.identity.center_fraction)
+                if "id_similarity_arcface" in enabled:
+                    metrics[self._key("id_similarity_arcface")] = IdentitySimilarity(arcface_embedder)
+                if "aed_arcface" in enabled:
+                    metrics[self._key("aed_arcface")] = AED(arcface_embedder)
+            except MissingWeightsError as err:
+                for name in arcface_wanted:
+                    self._skip(name, f"{name} skipped: {err}")
+        object.__setattr__(self, "_arcface_embedder", arcface_embedder)
         dlib_wanted = enabled & {"id_similarity_dlib", "aed_dlib"}
         dlib_embedder = None
         if dlib_wanted:
@@ -763,6 +780,7 @@ class MetricSuite(nn.Module):
                 m["warp_error"].update(pred, target=target.float(), landmarks=target_landmarks)
 
         for embed, sim, dist in ((self._embedder, "id_similarity", "aed"),
+                                 (self._arcface_embedder, "id_similarity_arcface", "aed_arcface"),
                                  (self._dlib_embedder, "id_similarity_dlib", "aed_dlib")):
             sim, dist = self._metric(sim), self._metric(dist)
             if sim is None and dist is None:
