@@ -798,7 +798,8 @@ class MetricSuite(nn.Module):
                 ref_emb = as_args(embed(gt)) if reference_available else src_emb
                 dist.update(*pred_emb, *ref_emb)
 
-        if "akd" in m and m["akd"].detect_target:
+        # a stage's own landmarks are of the data's landmark set: compared with the data's; else the detector on both
+        if "akd" in m and m["akd"].detect_target and pred_landmarks is None:
             # the detector runs on both images: a reconstruction measure, for pairs with a ground-truth frame
             if reference_available:
                 found = m["akd"].update_detected(frames, gt)
