@@ -82,8 +82,7 @@ class MediaCallback(L.Callback):
         if sample is None:
             return
         # a stage driven by inputs of its own (PIRender's motion descriptors) gets the clip's
-        extra = ({"driving_semantics": sample["driving_semantics"]}
-                 if "driving_semantics" in sample and hasattr(pl_module, "animation_inputs") else {})
+        extra = {key: sample[key] for key in getattr(pl_module, "animation_keys", ()) if key in sample}
         with torch.no_grad():
             frames = animate(sample["source"], sample["driving"], sample.get("driving_landmarks"),
                              sample.get("source_landmarks"), **extra)

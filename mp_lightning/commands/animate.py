@@ -44,9 +44,10 @@ def run(args) -> int:
     extra = load_source_inputs(stage, args.source, args.source_identity)
     if extra:
         kwargs["extra"] = extra
-    if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
-        kwargs.update(stage.animation_inputs(source=args.source, driving=args.driving,
-                                             driving_semantics=args.driving_semantics, source_frame=args.source_frame))
+    # inputs a stage reads from files of its own (PIRender's descriptors)
+    files = {"driving_semantics": args.driving_semantics} if args.driving_semantics else {}
+    kwargs.update(stage.animation_inputs(source=args.source, driving=args.driving, source_frame=args.source_frame,
+                                         **files))
     frames = stage.animate(source, driving, driving_landmarks, source_landmarks, **kwargs)
     if args.sr_checkpoint:
         sr = load_stage(args.sr_checkpoint, map_location=resolve_device(args.device))

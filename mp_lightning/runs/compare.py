@@ -139,8 +139,7 @@ def compare_video(methods: list[Method], configs: dict, stages: dict, path: Path
         extra = load_source_inputs(stage, clips[0], source_identity)
         if extra:
             kwargs["extra"] = extra
-        if hasattr(stage, "animation_inputs"):  # inputs a stage reads from files of its own (PIRender's descriptors)
-            kwargs.update(stage.animation_inputs(source=clips[0], driving=clips[-1]))
+        kwargs.update(stage.animation_inputs(source=clips[0], driving=clips[-1]))  # e.g. PIRender's descriptors
         frames = stage.animate(source, driving, driving_lm, source_lm, **kwargs)
         if not columns:
             columns = [source[None].expand_as(frames), driving]

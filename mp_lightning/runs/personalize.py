@@ -127,8 +127,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
 
     # inputs a stage derives from the clip beyond frames and landmarks (PIRender's descriptor windows):
     # (extra batch keys, extra `animate` arguments)
-    clip_inputs = getattr(stage, "clip_inputs", None)
-    held_animate = clip_inputs(clip, 0, held)[1] if clip_inputs else {}
+    held_animate = stage.clip_inputs(clip, 0, held)[1]
 
     def evaluate(step: int, elapsed: float) -> None:
         values = evaluator(stage, source, source_lm, frames[held], landmarks[held], extra=extra, **held_animate)
@@ -153,8 +152,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
             "driving": frames[idx].to(device), "driving_landmarks": landmarks[idx].to(device),
             **{k: v.expand(batch_size, *v.shape[1:]).to(device) for k, v in extra.items()},
         }
-        if clip_inputs:
-            batch.update({k: v.to(device) for k, v in clip_inputs(clip, 0, idx)[0].items()})
+        batch.update({k: v.to(device) for k, v in stage.clip_inputs(clip, 0, idx)[0].items()})
         start = time.perf_counter()
         loss = adapt(stage, batch, 1, optimizer, params, grad_clip)[0]
         elapsed += time.perf_counter() - start

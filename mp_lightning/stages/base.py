@@ -89,6 +89,19 @@ class Stage(L.LightningModule):
         a cross-identity batch also carries the driving clip's first frame (`driving_initial`)."""
         return "driving frame as given (absolute)"
 
+    #: batch keys of a media clip (`VoxCelebDataModule.media_clip`) that `animate` takes as arguments
+    animation_keys: tuple[str, ...] = ()
+
+    def animation_inputs(self, source=None, driving=None, source_frame: int = 0, **files) -> dict:
+        """Extra `animate` arguments this stage reads from files beside the source and the driving clip, or from
+        the files given (e.g. PIRender's `driving_semantics=FILE`); none by default."""
+        return {}
+
+    def clip_inputs(self, clip: dict, source_index: int, driving_indices) -> tuple[dict, dict]:
+        """What this stage derives from a loaded clip beyond frames and landmarks, for `personalize`: (extra keys
+        of a pairs batch source_index -> driving_indices, extra `animate` arguments for those frames)."""
+        return {}, {}
+
     def source_inputs(self) -> tuple[str, ...]:
         """Per-source batch keys this stage needs beyond the image and its landmarks (e.g. a precomputed
         `source_identity`): `preprocess.inputs.load_source_inputs` finds them for animate, personalize, compare."""

@@ -163,6 +163,16 @@ class MetaLearningModule(Stage):
         return self.inner.source_inputs()
 
     @property
+    def animation_keys(self) -> tuple[str, ...]:
+        return self.inner.animation_keys
+
+    def animation_inputs(self, *args, **kwargs) -> dict:
+        return self.inner.animation_inputs(*args, **kwargs)
+
+    def clip_inputs(self, *args, **kwargs) -> tuple[dict, dict]:
+        return self.inner.clip_inputs(*args, **kwargs)
+
+    @property
     def cross_identity_protocol(self) -> str:
         return self.inner.cross_identity_protocol
 

@@ -227,6 +227,8 @@ class PIRenderStage(Stage):
         out.pop("warp_raw")
         return out
 
+    animation_keys = ("driving_semantics",)
+
     def animation_inputs(self, source=None, driving=None, driving_semantics=None, source_semantics=None,
                          source_frame: int = 0) -> dict:
         """Extra `animate` arguments: the driving clip's descriptors (`driving_semantics`, a (T, 73) .npy, default
