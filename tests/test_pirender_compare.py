@@ -35,7 +35,8 @@ def test_three_method_compare_writes_table_and_video(tiny_data, tmp_path):
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [r["method"] for r in rows] == list(experiments)
     # the tiny configs' random trunks are logged as *_random (issue 17): whichever name, every method has a value
-    cross_identity = next(k for k in rows[0] if k.startswith("test/cross/id_similarity"))
+    # (FaceNet's, which always finds the centre crop; dlib may find no face in a tiny model's prediction)
+    cross_identity = next(k for k in ("test/cross/id_similarity", "test/cross/id_similarity_random") if k in rows[0])
     for metric in ("test/psnr", "test/l1", cross_identity):
         assert all(r[metric] != "" for r in rows), metric
     assert all(r["cross-identity protocol"] for r in rows)
