@@ -140,7 +140,7 @@ def experiment(args) -> dict:
     """Standard vs Reptile initialization from one start, same inner-step budget; personalize on held-out ids."""
     import copy
 
-    from mp_lightning.personalize import personalize
+    from mp_lightning.personalize import PersonalizationRecipe, personalize
     from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
@@ -187,7 +187,8 @@ def experiment(args) -> dict:
     for name, state in (("meta", meta_state), ("standard", standard_state)):
         for v in videos:
             meta.inner.load_state_dict(state)
-            c = personalize(meta.inner, v, seconds, pers_steps, Path(args.work) / name / v.stem, lr=pers_lr,
+            c = personalize(meta.inner, v, seconds, pers_steps, Path(args.work) / name / v.stem,
+                            recipe=PersonalizationRecipe(lr=pers_lr),
                             lpips_pretrained=False, identity_pretrained=False, identity=False, progress=False,
                             write_checkpoint=False, max_eval_frames=8)
             curves[name].append(c)
