@@ -2,7 +2,7 @@
 
     python benchmarks/personalization.py overhead [--config experiments/metaportrait/meta_warp_tiny.yaml]
     python benchmarks/personalization.py memory
-    python benchmarks/personalization.py experiment --config experiments/paper/personalization.yaml
+    python benchmarks/personalization.py experiment --config experiments/paper/personalization_tiny_meta.yaml
 
 overhead: one outer step (inner loops + Reptile bookkeeping) against the N inner steps it contains,
   and the bookkeeping (snapshot, difference accumulation, restore, outer update) timed on its own.

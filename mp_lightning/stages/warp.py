@@ -44,6 +44,9 @@ class WarpStageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     landmarks: Optional[str] = None  # a preset (official669) instead of the data's landmarks.json
     init_from: Optional[str] = None  # start from this checkpoint's weights (any mp-lightning checkpoint)
+    # init_from copies every matching weight, not only the stage's own choice (refine: the warping network,
+    # as the official stage 2); for continuing a stage-2 model (experiments/paper/personalization.yaml)
+    init_whole_model: bool = False
 
 
 class MetaPortraitStage(Stage):
@@ -80,7 +83,7 @@ class MetaPortraitStage(Stage):
             scales=hp.perceptual.scales, layer_weights=hp.perceptual.layer_weights, pretrained=hp.perceptual.pretrained
         )
         if hp.init_from:
-            load_init_weights(self, hp.init_from, prefixes=self.init_prefixes)
+            load_init_weights(self, hp.init_from, prefixes=() if hp.init_whole_model else self.init_prefixes)
 
     # --- inputs -------------------------------------------------------------------------------------
     def prepare(self, batch: dict) -> dict:
