@@ -2,7 +2,7 @@
 
     python benchmarks/personalization.py overhead [--config experiments/metaportrait/meta_warp_tiny.yaml]
     python benchmarks/personalization.py memory
-    python benchmarks/personalization.py experiment --config experiments/paper/personalization.yaml
+    python benchmarks/personalization.py experiment --config experiments/paper/personalization_tiny_meta.yaml
 
 overhead: one outer step (inner loops + Reptile bookkeeping) against the N inner steps it contains,
   and the bookkeeping (snapshot, difference accumulation, restore, outer update) timed on its own.
@@ -140,7 +140,7 @@ def experiment(args) -> dict:
     """Standard vs Reptile initialization from one start, same inner-step budget; personalize on held-out ids."""
     import copy
 
-    from mp_lightning.runs.personalize import personalize
+    from mp_lightning.runs.personalize import PersonalizationRecipe, personalize
     from mp_lightning.reptile import adapt, make_inner_optimizer, outer_update
 
     torch.manual_seed(0)
@@ -187,7 +187,8 @@ def experiment(args) -> dict:
     for name, state in (("meta", meta_state), ("standard", standard_state)):
         for v in videos:
             meta.inner.load_state_dict(state)
-            c = personalize(meta.inner, v, seconds, pers_steps, Path(args.work) / name / v.stem, lr=pers_lr,
+            c = personalize(meta.inner, v, seconds, pers_steps, Path(args.work) / name / v.stem,
+                            recipe=PersonalizationRecipe(lr=pers_lr),
                             lpips_pretrained=False, identity_pretrained=False, identity=False, progress=False,
                             write_checkpoint=False, max_eval_frames=8)
             curves[name].append(c)

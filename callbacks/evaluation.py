@@ -12,7 +12,8 @@ from mp_lightning.batch import is_cross_identity
 
 
 def split_prefix(split: str, set_name: str | None) -> str:
-    """`val/lpips`, `test/lpips` for self-reenactment; `test/cross/id_similarity` for other sets."""
+    """`val/lpips`, `test/lpips` for self-reenactment; `test/cross/id_similarity` for other sets; a stage's
+    output variants (`outputs["variants"][name]`) add `name/`: `val/adapted/lpips`."""
     if set_name in (None, "", "self"):
         return f"{split}/"
     return f"{split}/{set_name}/"
@@ -46,9 +47,15 @@ class MetricsCallback(L.Callback):
             return
         name = self._set_name(trainer, split, dataloader_idx)
         cross = name == "cross" or is_cross_identity(batch)
-        suite = self._suite(pl_module, split_prefix(split, name), reference_available=not cross)
+        prefix = split_prefix(split, name)
+        suite = self._suite(pl_module, prefix, reference_available=not cross)
         with torch.no_grad():
             suite.update(outputs, batch)
+            # other predictions of the same batch (the meta stage's after adapting to each task: `adapted`),
+            # scored under `val/<variant>/`
+            for variant, variant_outputs in (outputs.get("variants") or {}).items():
+                self._suite(pl_module, f"{prefix}{variant}/", reference_available=not cross).update(variant_outputs,
+                                                                                                    batch)
 
     def _log(self, trainer, pl_module, split):
         for prefix, suite in list(self._suites.items()):

@@ -7,6 +7,7 @@ from typing import Optional
 from mp_lightning.batch import SamplingMode
 
 MODES = tuple(m.value for m in SamplingMode)
+TASK_UNITS = ("clip", "identity")
 
 
 @dataclass
@@ -23,6 +24,10 @@ class DataConfig:
     window_length: int = 3  # T: consecutive frames per sample in mode "windows"
     support_frames: int = 4  # S: support driving frames per identity task (mode "identity_tasks")
     query_frames: int = 4  # Q: query driving frames per identity task (mode "identity_tasks")
+    # what one task is drawn from (mode "identity_tasks"): clip = source, support and query frames of one clip,
+    # and a training epoch of one task per frame of every clip (the official meta-training); identity = frames
+    # of any of the person's videos, and a training epoch of one task per identity
+    task_unit: str = "identity"
     max_frame_distance: Optional[int] = None  # pairs: largest |source - driving| frame gap; None = any
     augment_flip: bool = True  # training only: horizontal flip with p=0.5, landmarks re-indexed
     samples_per_epoch: Optional[int] = None  # training samples per epoch; None = one per clip (one per identity for identity_tasks)

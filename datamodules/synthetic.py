@@ -9,6 +9,14 @@ Landmark coordinates follow the data contract: float32 ``(F, K, 2)``, x right, y
 ``[0, 1]`` of the frame, with pixel centres at half-integers: ``x = (column + 0.5) / W``
 (the ``align_corners=False`` convention), so a horizontal flip is exactly ``x -> 1 - x``.
 
+With ``personal_details=True`` (``mp-lightning synth --personal-details``) every person also carries
+what one source frame cannot show (:class:`PersonalDetails`): teeth of their own colour with a gap or
+a gold tooth, drawn only inside the open mouth; a mark on one side of the head and an earring on the
+other, each drawn only while that side turns towards the camera. Every clip then starts frontal with
+the mouth closed (the pose and expression ease in over :data:`NEUTRAL_START_FRAMES` frames), so its
+first frame, the source a personalization benchmark animates, hides all three. The details come from
+their own random stream: the rest of each person and every motion are those of the default data.
+
 Layout written by :func:`write_synthetic_dataset`::
 
     OUT/landmarks.json
@@ -21,6 +29,7 @@ Layout written by :func:`write_synthetic_dataset`::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -262,7 +271,122 @@ def make_identity(rng: np.random.Generator) -> Identity:
     )
 
 
-def face_points(ident: Identity, mouth_open: float, eye_open: tuple, gaze: tuple) -> np.ndarray:
+# ----------------------------------------------------------------------------------------------
+# What one source frame cannot show (personal_details=True)
+# ----------------------------------------------------------------------------------------------
+#: frames over which a clip's pose and expression ease in from frontal with the mouth closed
+NEUTRAL_START_FRAMES = 4
+#: the lips part this much wider (head units) than in the default data, so the teeth cover pixels at 64 px
+_DETAIL_MOUTH_GAP = 0.3
+_TEETH = np.array([[250, 250, 240], [235, 225, 190], [215, 200, 160]], dtype=np.float64)
+_MARK = np.array([[200, 30, 40], [30, 60, 200], [30, 160, 60], [120, 40, 160], [240, 160, 20]], dtype=np.float64)
+
+
+@dataclass
+class PersonalDetails:
+    """Per-person appearance that only some poses and expressions reveal."""
+
+    teeth: tuple  # RGB of the teeth, seen only inside the open mouth
+    tooth_mark: str  # "gap" (a dark missing tooth) or "gold"
+    tooth_x: float  # where along the mouth width (-1 .. 1) the marked tooth is
+    mark_side: int  # -1: image-left side of the head, +1: right; the earring is on the other side
+    mark: tuple  # RGB of the side mark
+    mark_y: float  # its height on the head (head units, y down)
+    mark_radius: float
+    earring: tuple  # RGB of the earring
+    earring_radius: float
+
+
+def make_personal_details(rng: np.random.Generator) -> PersonalDetails:
+    return PersonalDetails(
+        teeth=_color(rng, _TEETH, 6),
+        tooth_mark=["gap", "gold"][rng.integers(2)],
+        tooth_x=float(rng.uniform(-0.6, 0.6)),
+        mark_side=int(rng.choice([-1, 1])),
+        mark=_color(rng, _MARK, 15),
+        mark_y=float(rng.uniform(-0.45, 0.25)),
+        mark_radius=float(rng.uniform(0.24, 0.32)),
+        earring=_color(rng, _MARK, 30),
+        earring_radius=float(rng.uniform(0.14, 0.2)),
+    )
+
+
+def _details_rng(seed: int, identity_index: int) -> np.random.Generator:
+    # a stream of its own: the default data's identities and motions are unchanged by the switch
+    return np.random.default_rng(np.random.SeedSequence([seed, 3, identity_index]))
+
+
+def neutral_start(motion: "ClipMotion", frames: int = NEUTRAL_START_FRAMES) -> "ClipMotion":
+    """The clip eases in from a frontal pose with the mouth closed: frame 0 shows no side and no teeth."""
+    ramp = np.clip(np.arange(len(motion.yaw)) / max(frames, 1), 0, 1)
+    return dataclasses.replace(motion, yaw=motion.yaw * ramp, pitch=motion.pitch * ramp, roll=motion.roll * ramp,
+                               mouth=motion.mouth * ramp)
+
+
+def _side_visibility(normal: np.ndarray, motion: "ClipMotion", f: int, threshold: float, soft: float = 0.12) -> float:
+    """0..1: how far a head-fixed surface normal has turned towards the camera (+z) past `threshold`."""
+    n = _rotation(motion.yaw[f], motion.pitch[f], motion.roll[f]) @ (normal / np.linalg.norm(normal))
+    return float(np.clip((n[2] - threshold) / soft, 0, 1))
+
+
+def _blend_disc(img: np.ndarray, centre: np.ndarray, radius: float, color: tuple, alpha: float, clip_to=None) -> None:
+    import cv2
+
+    if alpha <= 0 or radius <= 0:
+        return
+    size = img.shape[0]
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, tuple(int(v) for v in _fx(centre)), int(round(radius * _ONE)), 255, -1, cv2.LINE_AA, _SHIFT)
+    if clip_to is not None:
+        mask = np.minimum(mask, clip_to)
+    a = mask.astype(np.float32)[..., None] / 255.0 * alpha
+    img[:] = (img * (1 - a) + np.array(color, np.float32) * a).astype(np.uint8)
+
+
+def draw_personal_details(img: np.ndarray, ident: "Identity", details: PersonalDetails, motion: "ClipMotion", f: int,
+                          pts: np.ndarray, size: int) -> None:
+    """Teeth inside the open mouth; the side mark and the earring where their side faces the camera."""
+    import cv2
+
+    g = GROUPS
+    s = 0.27 * size * motion.scale[f]
+    inner = _fx(pts[g["inner_lips"]])
+    mouth = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mouth, [inner], 255, cv2.LINE_AA, _SHIFT)
+    # a closed mouth is a degenerate polygon that anti-aliasing still paints: no teeth until the lips part a pixel
+    opening = float(np.ptp(pts[g["inner_lips"]][:, 1]))
+    if opening >= 1.0:
+        # upper teeth: the top of the mouth opening, the marked tooth a vertical band across them
+        teeth = np.zeros_like(img)
+        teeth[:] = details.teeth
+        upper = pts[g["inner_lips"]][: N_INNER_LIP // 2 + 1]
+        lower = pts[g["inner_lips"]][N_INNER_LIP // 2:]
+        mid_y = 0.5 * (upper[:, 1].mean() + lower[:, 1].mean())
+        band = np.zeros((size, size), np.uint8)
+        poly = np.concatenate([upper, upper[::-1] * np.array([1.0, 0.0]) + np.array([0.0, mid_y])])
+        cv2.fillPoly(band, [_fx(poly)], 255, cv2.LINE_AA, _SHIFT)
+        left, right = pts[g["inner_lips"][0]], pts[g["inner_lips"][N_INNER_LIP // 2]]
+        centre = left + (right - left) * (0.5 + 0.5 * details.tooth_x)
+        half = 0.05 * s
+        tooth = np.array([[centre[0] - half, upper[:, 1].min() - s], [centre[0] + half, upper[:, 1].min() - s],
+                          [centre[0] + half, mid_y], [centre[0] - half, mid_y]])
+        cv2.fillPoly(teeth, [_fx(tooth)], (20, 5, 5) if details.tooth_mark == "gap" else (230, 180, 30),
+                     cv2.LINE_AA, _SHIFT)
+        a = (np.minimum(band, mouth).astype(np.float32) / 255.0)[..., None]
+        img[:] = (img * (1 - a) + teeth * a).astype(np.uint8)
+    side = details.mark_side
+    # the mark sits on the cheek near the face outline, facing sideways: hidden frontally, seen as the head turns
+    mark_3d = np.array([[side * ident.face_w * 0.72, details.mark_y, 0.1]])
+    vis = _side_visibility(np.array([side * 1.0, 0.0, 0.3]), motion, f, threshold=0.42)
+    face = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(face, [_fx(pts[g["contour"]])], 255, cv2.LINE_AA, _SHIFT)
+    _blend_disc(img, project(mark_3d, motion, f, size)[0], details.mark_radius * s, details.mark, vis, clip_to=face)
+    ear_3d = np.array([[-side * ident.face_w * 1.02, 0.2, -0.05]])
+    vis = _side_visibility(np.array([-side * 1.0, 0.0, -0.2]), motion, f, threshold=-0.02)
+    _blend_disc(img, project(ear_3d, motion, f, size)[0], details.earring_radius * s, details.earring, vis)
+
+
+def face_points(ident: Identity, mouth_open: float, eye_open: tuple, gaze: tuple, max_gap: float = 0.16) -> np.ndarray:
     """Canonical 3D landmarks ``(K, 3)`` in head units (x right, y down, z towards the camera).
 
     mouth_open in [0, 1]; eye_open per image side in [0, 1] (0 = closed); gaze (dx, dy) in
@@ -312,7 +436,7 @@ def face_points(ident: Identity, mouth_open: float, eye_open: tuple, gaze: tuple
     P[g["nostrils"]] = np.stack([j * ident.nose_w, ny, 0.72 - 0.12 * j**2], 1)
 
     m = float(np.clip(mouth_open, 0, 1))
-    gap = 0.16 * m
+    gap = max_gap * m
     width = ident.mouth_w * (1 - 0.12 * m)
     k = np.arange(N_OUTER_LIP)
     ang = np.pi * k / (N_OUTER_LIP // 2)
@@ -463,13 +587,15 @@ def _fx(pts: np.ndarray) -> np.ndarray:
     return np.round(pts * _ONE).astype(np.int32)
 
 
-def render_frame(ident: Identity, motion: ClipMotion, f: int, size: int, background: np.ndarray):
-    """One frame ``(size, size, 3)`` uint8 RGB and its landmarks ``(K, 2)`` in [0, 1]."""
+def render_frame(ident: Identity, motion: ClipMotion, f: int, size: int, background: np.ndarray,
+                 details: PersonalDetails | None = None):
+    """One frame ``(size, size, 3)`` uint8 RGB and its landmarks ``(K, 2)`` in [0, 1]; `details` are drawn on top."""
     import cv2
 
     img = background.copy()
     aa = cv2.LINE_AA
-    P3 = face_points(ident, motion.mouth[f], tuple(motion.eye_open[f]), tuple(motion.gaze[f]))
+    P3 = face_points(ident, motion.mouth[f], tuple(motion.eye_open[f]), tuple(motion.gaze[f]),
+                     max_gap=0.16 if details is None else _DETAIL_MOUTH_GAP)
     pts = project(P3, motion, f, size)
     g = GROUPS
     s = 0.27 * size * motion.scale[f]
@@ -503,6 +629,8 @@ def render_frame(ident: Identity, motion: ClipMotion, f: int, size: int, backgro
     cv2.polylines(img, [_fx(pts[g["nostrils"]])], False, nose_col, max(1, int(0.03 * s)), aa, _SHIFT)
     cv2.fillPoly(img, [_fx(pts[g["outer_lips"]])], ident.lips, aa, _SHIFT)
     cv2.fillPoly(img, [_fx(pts[g["inner_lips"]])], (45, 10, 15), aa, _SHIFT)
+    if details is not None:
+        draw_personal_details(img, ident, details, motion, f, pts, size)
 
     lms = (pts + 0.5) / size
     return img, lms.astype(np.float32)
@@ -548,6 +676,7 @@ class _ClipJob:
     layout: str
     gop: int
     crf: int
+    personal_details: bool = False
 
 
 def _identity_rng(seed: int, identity_index: int) -> np.random.Generator:
@@ -563,10 +692,14 @@ def _write_clip(job: _ClipJob) -> str:
         np.random.SeedSequence([job.seed, 2, job.identity_index, int(job.video[1:]), int(job.clip)])
     )
     motion = make_motion(clip_rng, job.frames)
+    details = None
+    if job.personal_details:
+        details = make_personal_details(_details_rng(job.seed, job.identity_index))
+        motion = neutral_start(motion)
     frames = np.empty((job.frames, job.size, job.size, 3), np.uint8)
     lms = np.empty((job.frames, NUM_POINTS, 2), np.float32)
     for f in range(job.frames):
-        frames[f], lms[f] = render_frame(ident, motion, f, job.size, bg)
+        frames[f], lms[f] = render_frame(ident, motion, f, job.size, bg, details)
     from datamodules.semantics import synthetic_semantics
 
     semantics = synthetic_semantics(motion, job.size)
@@ -601,6 +734,7 @@ def write_synthetic_dataset(
     workers: int | None = None,
     gop: int = DEFAULT_GOP,
     crf: int = DEFAULT_CRF,
+    personal_details: bool = False,
 ) -> dict:
     """Write a synthetic VoxCeleb-style dataset to ``out`` and return a summary dict.
 
@@ -608,6 +742,7 @@ def write_synthetic_dataset(
     more identities, at least 1 when there are 2 or 3, none when test_fraction is 0) go to ``test``, the rest to ``train``; the two sets are
     disjoint. ``workers`` processes render clips in parallel (None: one per CPU; 0: in this
     process). The output is a pure function of the arguments (except ``workers``).
+    ``personal_details``: identities carry details one source frame cannot show (see the module docstring).
     """
     from mp_lightning.errors import DataError
 
@@ -631,7 +766,8 @@ def write_synthetic_dataset(
         for v in range(videos_per_identity):
             for c in range(clips_per_video):
                 jobs.append(
-                    _ClipJob(str(out), split, i, f"id{i:05d}", f"v{v:03d}", f"{c:05d}", frames, size, seed, layout, gop, crf)
+                    _ClipJob(str(out), split, i, f"id{i:05d}", f"v{v:03d}", f"{c:05d}", frames, size, seed, layout, gop, crf,
+                             personal_details)
                 )
     start = time.perf_counter()
     if workers is None:
@@ -652,5 +788,6 @@ def write_synthetic_dataset(
         "train_identities": identities - n_test,
         "test_identities": n_test,
         "num_points": spec["num_points"],
+        "personal_details": personal_details,
         "seconds": time.perf_counter() - start,
     }

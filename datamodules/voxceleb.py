@@ -65,7 +65,7 @@ from datamodules.clips import (
     subset_landmark_spec,
     write_report,
 )
-from datamodules.config import MODES, DataConfig
+from datamodules.config import MODES, TASK_UNITS, DataConfig
 from datamodules.semantics import attach_semantics, load_semantics_description, semantic_window
 from mp_lightning.errors import DataError
 
@@ -121,10 +121,15 @@ class ClipSampleDataset(Dataset):
 
     # ------------------------------------------------------------------ lengths and randomness
     def _units(self) -> int:
-        return len(self.identity_names) if self.mode == "identity_tasks" else len(self.clips)
+        if self.mode == "identity_tasks" and self.config.task_unit == "identity":
+            return len(self.identity_names)
+        return len(self.clips)
 
     def __len__(self) -> int:
         if self.train:
+            if self.mode == "identity_tasks" and self.config.task_unit == "clip" and not self.config.samples_per_epoch:
+                # the official epoch: one task per frame of every clip
+                return sum(c.num_frames for c in self.clips)
             return self.config.samples_per_epoch or self._units()
         n = self._units() * self.config.val_samples_per_clip
         return min(n, self.config.val_max_samples) if self.config.val_max_samples else n
@@ -297,8 +302,11 @@ class ClipSampleDataset(Dataset):
 
     def _task_item(self, unit: int, rng: np.random.Generator) -> dict:
         cfg = self.config
-        name = self.identity_names[unit % len(self.identity_names)]
-        pool = [i for i in self._identities[name] if self._usable(i)] or self._identities[name]
+        if cfg.task_unit == "clip":
+            pool = [self._pick_clip(unit % len(self.clips), rng)]
+        else:
+            name = self.identity_names[unit % len(self.identity_names)]
+            pool = [i for i in self._identities[name] if self._usable(i)] or self._identities[name]
         source_clip = pool[int(rng.integers(len(pool)))]
         source_frame = int(rng.integers(self.clips[source_clip].num_frames))
         need = cfg.support_frames + cfg.query_frames
@@ -394,6 +402,8 @@ class VoxCelebDataModule(L.LightningDataModule):
         if cfg.semantics and cfg.augment_flip:
             raise DataError("data.augment_flip mirrors the images but not the motion descriptors of data.semantics: "
                             "set data.augment_flip=false")
+        if cfg.task_unit not in TASK_UNITS:
+            raise DataError(f"data.task_unit must be one of {list(TASK_UNITS)}, got {cfg.task_unit!r}")
         if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.val_samples_per_clip < 1:
             raise DataError("data.batch_size, data.image_size (>= 8) and data.val_samples_per_clip must be positive")
         self.report_dir = None if report_dir is None else str(report_dir)

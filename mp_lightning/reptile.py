@@ -2,8 +2,10 @@
 and with which loss (`Stage.adaptation_loss`): the meta-learning stage, personalization and the benchmarks
 all take their steps from here.
 
-Inner loop (one task = one person): `steps` Adam steps of the stage's own loss on the task's support pairs
-from phi, the difference theta_N - phi added to a running sum, phi put back. Outer step: the pseudo-gradient
+Inner loop (one task = one person or one clip): `steps` Adam steps of the stage's own loss on the task's
+support pairs from phi, the difference theta_N - phi added to a running sum, phi and the stage's floating-point
+buffers (spectral-norm u/v, BatchNorm statistics) put back, so that no task sees another task's
+buffers and meta-training leaves them as the initialization had them (see `TaskState`). Outer step: the pseudo-gradient
 -mean(theta_N - phi) stepped by an optimizer (SGD with lr epsilon: classic Reptile; Adam with a clip: the
 released code). Memory: one snapshot of phi and one running sum, no copy of the module per task.
 """
@@ -50,14 +52,37 @@ def adapt(stage, batch: dict, steps: int, optimizer: torch.optim.Optimizer, para
     return losses
 
 
+class TaskState:
+    """A snapshot of the adapted parameters and of the module's floating-point buffers, to put back after a task.
+
+    Buffers that forward passes update in training mode (spectral-norm power-iteration vectors, BatchNorm
+    running statistics) would otherwise carry one task's data into the next task and into the outer step,
+    which moves only the parameters. Integer buffers (BatchNorm's batch counter) are restored too.
+    """
+
+    def __init__(self, module: torch.nn.Module, params: Sequence[torch.nn.Parameter]):
+        with torch.no_grad():
+            self.params = list(params)
+            self.phi = [p.detach().clone() for p in self.params]
+            self.buffers = [(b, b.detach().clone()) for b in module.buffers()]
+
+    def restore(self, params: bool = True) -> None:
+        with torch.no_grad():
+            if params:
+                for p, p0 in zip(self.params, self.phi):
+                    p.copy_(p0)
+            for b, b0 in self.buffers:
+                b.copy_(b0)
+
+
 def inner_loop(stage, groups: list[dict], batch: dict, steps: int, lr: float, betas: Sequence[float],
                clip: float = 0.3, nan_to_num: float = 1e5) -> dict:
     """Adapt `stage` to every task of an `identity_tasks` batch from phi (a fresh Adam per task, as the official
-    code) and return `params`, the summed differences `delta_sum`, `num_tasks` and the inner `losses`; phi is
-    restored and the gradients cleared."""
+    code) and return `params`, the summed differences `delta_sum`, `num_tasks` and the inner `losses`; phi and
+    the buffers are restored after each task and the gradients cleared."""
     params = [p for g in groups for p in g["params"]]
+    state = TaskState(stage, params)
     with torch.no_grad():
-        phi = [p.detach().clone() for p in params]
         delta_sum = [torch.zeros_like(p) for p in params]
     losses = []
     num_tasks = batch["source"].shape[0]
@@ -66,9 +91,9 @@ def inner_loop(stage, groups: list[dict], batch: dict, steps: int, lr: float, be
         opt = make_inner_optimizer(groups, lr, betas)
         losses += adapt(stage, support, steps, opt, params, clip, nan_to_num)
         with torch.no_grad():
-            for p, p0, d in zip(params, phi, delta_sum):
+            for p, p0, d in zip(params, state.phi, delta_sum):
                 d.add_(p.detach() - p0)
-                p.copy_(p0)
+        state.restore()
         del opt
     for p in params:
         p.grad = None

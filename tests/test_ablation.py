@@ -128,3 +128,58 @@ def test_tiny_sr_ablation_reports_validation_metrics(tiny_data, tmp_path):
     assert "val/psnr" in result["columns"]
     rows = list(csv.reader(open(result["table_csv"])))
     assert len(rows) == 3 and all(cell != "" for row in rows[1:] for cell in row)
+
+
+def test_personalization_sets_compose_and_share_the_start():
+    from mp_lightning.runs.ablation import load_ablation_set
+    from mp_lightning.config.compose import compose
+
+    tiny = load_ablation_set(PAPER / "personalization_tiny.yaml")
+    rows = {r["name"]: r for r in tiny["rows"]}
+    assert rows["standard"]["init_from"] == rows["meta"]["init_from"] == "start"
+    cfgs = {name: compose(r["experiment"], r["overrides"]) for name, r in rows.items()}
+    # the same budget of pair passes: standard steps x pairs == meta outer steps x tasks x inner steps x support
+    standard, meta = cfgs["standard"], cfgs["meta"]
+    assert (standard.trainer.max_steps * standard.data.batch_size
+            == meta.trainer.max_steps * meta.data.batch_size * meta.model.inner_steps * meta.data.support_frames)
+    assert tiny["personalization_benchmark"]["identities"] >= 6
+    assert tiny["synth"]["personal_details"] is True
+    full = load_ablation_set(PAPER / "personalization.yaml")
+    meta_full = compose(next(r for r in full["rows"] if r["name"] == "meta")["experiment"])
+    assert meta_full.model.inner_steps == 2 and meta_full.model.outer_lr == 2e-5
+    assert meta_full.data.task_unit == "clip"
+
+
+@pytest.mark.slow
+def test_personalization_set_trains_rows_and_runs_the_benchmark(tmp_path):
+    from mp_lightning.runs.ablation import run_ablation
+
+    set_file = tmp_path / "set.yaml"
+    set_file.write_text(yaml.safe_dump({
+        "kind": "ablation_set", "name": "pers", "evaluate": "none",
+        "synth": {"identities": 4, "videos_per_identity": 2, "clips_per_video": 1, "frames": 10, "size": 64,
+                  "test_fraction": 0.5, "personal_details": True, "workers": 0},
+        "rows": [
+            {"name": "start", "experiment": str(PAPER / "personalization_tiny_start.yaml"),
+             "overrides": ["trainer.max_steps=1"]},
+            {"name": "standard", "experiment": str(PAPER / "personalization_tiny_standard.yaml"),
+             "overrides": ["trainer.max_steps=2"], "init_from": "start"},
+            {"name": "meta", "experiment": str(PAPER / "personalization_tiny_meta.yaml"),
+             "overrides": ["trainer.max_steps=1", "data.batch_size=1"], "init_from": "start"},
+        ],
+        "personalization_benchmark": {"checkpoints": {"standard": "standard", "meta": "meta"}, "identities": 2,
+                                      "support_seconds": 0.2, "steps": [0, 2],
+                                      "overrides": ["reference=standard", "max_eval_frames=2", "wandb=disabled",
+                                                    "lpips_pretrained=false", "identity_pretrained=false",
+                                                    "recipe.batch_size=1"]},
+    }))
+    result = run_ablation(set_file, ["trainer.enable_progress_bar=false", f"output_root={tmp_path / 'out'}"],
+                          log_wandb_table=False, quiet=True)
+    out = tmp_path / "out" / "ablations" / "pers"
+    assert all(r["state"] == "finished" for r in result["rows"]), result["rows"]
+    assert (out / "data" / "test").is_dir()
+    bench = result["personalization_benchmark"]
+    assert bench["state"] == "finished", bench
+    summary = json.loads((out / "personalization_benchmark" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"standard", "meta"} and summary["identities"] == 2
+    assert (out / "personalization_benchmark" / "curves.png").is_file()

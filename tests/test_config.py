@@ -96,7 +96,7 @@ def test_a_defaults_entry_grafts_a_file_under_a_key(tmp_path):
 
 @pytest.mark.parametrize("override, choices", [
     ("data.mode=pair", "pairs, windows, identity_tasks, cross_identity"),
-    ("logger.type=tensorboard", "wandb, csv, none"),
+    ("logger.type=mlflow", "wandb, tensorboard, csv, none"),
     ("logger.mode=live", "offline, online, disabled"),
 ])
 def test_an_enum_option_rejects_a_bad_value_naming_the_valid_ones(override, choices):

@@ -342,3 +342,23 @@ def test_validation_split_options(root):
         dm.setup("fit")
     assert _identities(dm.train_dataset.clips) == _identities(dm._scan("train").clips)
     assert _identities(dm.val_dataset.clips) == _identities(dm._scan("test").clips)
+
+
+def _frames_from_source_clip(root, item) -> bool:
+    """True when every support/query landmark row is the source clip's row at that frame index."""
+    lms = np.load(Path(root) / (item["clip"] + ".landmarks.npy"))
+    return all(np.allclose(item[f"{split}_driving_landmarks"][j].numpy(), lms[int(i)], atol=1e-6)
+               for split in ("support", "query") for j, i in enumerate(item[f"{split}_driving_index"]))
+
+
+def test_task_unit_clip_draws_a_task_from_one_clip(root):
+    clip_dm = _module(root, mode="identity_tasks", task_unit="clip", augment_flip=False)
+    identity_dm = _module(root, mode="identity_tasks", task_unit="identity", augment_flip=False)
+    # the official epoch: one task per frame of every clip (4 train identities x 2 clips x 10 frames)
+    assert len(clip_dm.train_dataset) == 8 * FRAMES and len(identity_dm.train_dataset) == 4
+    assert len(clip_dm.val_dataset) == 4 and len(identity_dm.val_dataset) == 2
+    assert all(_frames_from_source_clip(root, clip_dm.train_dataset[i]) for i in range(16))
+    # control: identity tasks mix the person's two clips, which the check above detects
+    assert not all(_frames_from_source_clip(root, identity_dm.train_dataset[i]) for i in range(16))
+    with pytest.raises(DataError, match="task_unit"):
+        VoxCelebDataModule(_config(root, mode="identity_tasks", task_unit="video"))

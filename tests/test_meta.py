@@ -265,3 +265,120 @@ def toy_batch_images(num_tasks: int, size: int) -> dict:
     batch["support_driving"] = torch.rand(num_tasks, 1, 3, size, size, generator=g)
     batch["query_driving"] = batch["support_driving"]
     return batch
+
+
+class ToyBufferStage(ToyStage):
+    """ToyStage followed by a spectral-normed 1x1 conv and a BatchNorm: forward passes in training mode move
+    their buffers (the power-iteration vector u changes the normalised weight, hence the next task's loss)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.utils.spectral_norm(nn.Conv2d(3, 3, 1).double())
+        self.norm = nn.BatchNorm2d(3).double()
+
+    def forward(self, batch):
+        return {"prediction": self.norm(self.conv(super().forward(batch)["prediction"]))}
+
+    def adaptation_param_groups(self, warp_lr_multiplier):
+        return [{"params": [self.w, self.b, self.conv.weight_orig], "mult": 1.0, "name": "toy"}]
+
+
+def _buffers(module):
+    return {k: v.detach().clone() for k, v in module.named_buffers()}
+
+
+def test_buffers_restored_after_each_task():
+    import copy
+
+    meta = MetaLearningModule({"stage": "meta", "model": {"inner_stage": "warp", "inner_steps": 2, "inner_lr": 0.05,
+                                                          "grad_clip": 0.0}}, inner=ToyBufferStage())
+    start = copy.deepcopy(meta)
+    before = _buffers(meta.inner)
+    batch = toy_tasks(3)
+    result = meta.inner_loop(batch)
+    for key, value in _buffers(meta.inner).items():
+        assert torch.equal(value, before[key]), key
+    # every task starts from phi *and* the initial buffers: the sum equals each task run alone from the start
+    alone = []
+    for i in range(3):
+        one = copy.deepcopy(start)
+        alone.append(one.inner_loop({k: v[i:i + 1] for k, v in batch.items()})["delta_sum"])
+    for j, total in enumerate(result["delta_sum"]):
+        torch.testing.assert_close(total, sum(a[j] for a in alone), rtol=1e-10, atol=1e-12)
+    assert not torch.equal(before["conv.weight_u"], _forward_once(start))  # control: forward does move u
+
+
+def _forward_once(meta) -> torch.Tensor:
+    meta.inner.train()
+    meta.inner({"source": torch.rand(2, 3, 4, 4, dtype=torch.float64)})
+    return meta.inner.conv.weight_u.detach().clone()
+
+
+def test_adapted_validation_scores_the_query_after_inner_steps_and_restores_the_start():
+    import copy
+
+    meta = MetaLearningModule({"stage": "meta", "model": {"inner_stage": "warp", "inner_steps": 2, "inner_lr": 0.05,
+                                                          "grad_clip": 0.0}}, inner=ToyBufferStage())
+    batch = toy_tasks(2, support=3, seed=1)
+    batch["query_driving"] = torch.rand_like(batch["support_driving"])
+    params = {k: v.detach().clone() for k, v in meta.inner.named_parameters()}
+    buffers = _buffers(meta.inner)
+    expected = []
+    for t in range(2):  # by hand: a copy adapted on the support as the inner loop does, then the query in eval mode
+        one = copy.deepcopy(meta.inner)
+        one.train()
+        opt = torch.optim.Adam([one.w, one.b, one.conv.weight_orig], lr=0.05, betas=(0.5, 0.999))
+        from mp_lightning.batch import task_pairs
+
+        for _ in range(3):
+            loss = one.adaptation_loss(task_pairs(batch, t, "support"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        one.eval()
+        with torch.no_grad():
+            expected.append(one(task_pairs(batch, t, "query"))["prediction"])
+    meta.eval()
+    with torch.inference_mode():  # as Lightning's validation loop runs it
+        adapted = meta.adapted_query_predictions(batch, steps=3)
+        zero_shot = meta(batch)["prediction"]
+    torch.testing.assert_close(adapted, torch.cat(expected), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(adapted, zero_shot)
+    for k, v in meta.inner.named_parameters():
+        assert torch.equal(v.detach(), params[k]), k
+    for k, v in _buffers(meta.inner).items():
+        assert torch.equal(v, buffers[k]), k
+    assert not meta.inner.training
+
+
+def test_inner_gradients_nan_to_num_limit_is_the_config_value(monkeypatch):
+    import mp_lightning.reptile as reptile
+
+    seen = []
+    real = reptile.clean_and_clip_
+    monkeypatch.setattr(reptile, "clean_and_clip_", lambda params, clip, limit=1e5: seen.append(limit) or
+                        real(params, clip, limit))
+    meta = toy_meta("official_adam", inner_steps=2, inner_lr=0.05, nan_to_num=7.0)
+    meta.inner_loop(toy_tasks(1))
+    assert seen == [7.0, 7.0]
+
+
+@pytest.mark.slow
+def test_meta_training_logs_adapted_validation_and_steps_the_lr_per_step(tiny_data, tmp_path):
+    from mp_lightning.state_dicts import read_checkpoint
+    from mp_lightning.runs.training import run_training
+
+    result = run_training(_meta_cfg(tiny_data, tmp_path, "meta_warp_tiny.yaml", "name=adapted", "data.batch_size=1",
+                                    "model.inner.perceptual.scales=[1.0]", "trainer.limit_train_batches=2",
+                                    "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                                    "trainer.check_val_every_n_epoch=1", "callbacks.metrics=true",
+                                    "data.task_unit=clip", "model.lr_interval=step", "model.lr_milestones=[1]",
+                                    "model.outer_lr=1e-3", "model.lr_gamma=0.5", "callbacks.media.enabled=false"))
+    metrics = result["metrics"]
+    for key in ("val/l1", "val/lpips", "val/adapted/l1", "val/adapted/lpips"):
+        assert key in metrics and math.isfinite(metrics[key]), (key, sorted(metrics))
+    assert metrics["val/adapted/l1"] != metrics["val/l1"]
+    ckpt = read_checkpoint(result["last_checkpoint"], weights_only=False)
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 2  # stepped after each of the 2 outer steps
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5)

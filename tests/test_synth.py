@@ -154,3 +154,36 @@ def test_parallel_matches_serial(tmp_path):
     write_synthetic_dataset(tmp_path / "parallel", workers=2, **args)
     for npy in sorted((tmp_path / "serial").rglob("*.npy")):
         assert npy.read_bytes() == (tmp_path / "parallel" / npy.relative_to(tmp_path / "serial")).read_bytes()
+
+
+def test_personal_details_hidden_in_the_first_frame_and_seen_later():
+    # the source frame a personalization benchmark animates (frame 0) must not show what fine-tuning can learn
+    ident = synthetic.make_identity(synthetic._identity_rng(0, 2))
+    details = synthetic.make_personal_details(synthetic._details_rng(0, 2))
+    background = synthetic.render_background(ident.background, 64)
+    motion = synthetic.neutral_start(synthetic.make_motion(np.random.default_rng(5), 32))
+    first, first_lm = synthetic.render_frame(ident, motion, 0, 64, background, details)
+    plain, plain_lm = synthetic.render_frame(ident, motion, 0, 64, background)
+    assert motion.mouth[0] == 0 and motion.yaw[0] == 0
+    np.testing.assert_array_equal(first_lm, plain_lm)
+    assert np.abs(first.astype(int) - plain.astype(int)).max() <= 2  # anti-aliased edges of an empty mouth only
+    # later frames open the mouth: the teeth (and, when the head turns, the mark / earring) cover pixels
+    changed = [np.abs(synthetic.render_frame(ident, motion, f, 64, background, details)[0].astype(int)
+                      - synthetic.render_frame(ident, motion, f, 64, background)[0].astype(int)).max(-1) > 30
+               for f in range(8, 32)]
+    assert max(c.sum() for c in changed) >= 10
+
+
+def test_personal_details_switch_is_deterministic_and_leaves_the_default_data_alone(tmp_path, tiny_root):
+    a = write_synthetic_dataset(tmp_path / "a", seed=3, personal_details=True, **TINY)
+    b = write_synthetic_dataset(tmp_path / "b", seed=3, personal_details=True, **TINY)
+    assert a["clips"] == b["clips"] and a["personal_details"]
+    for rel in a["clips"]:
+        frames_a = _decode_pyav(tmp_path / "a" / f"{rel}.mp4")
+        np.testing.assert_array_equal(frames_a, _decode_pyav(tmp_path / "b" / f"{rel}.mp4"))
+        # same people, same motion: the landmarks of the default data, eased in from a neutral start
+        lms = np.load(tmp_path / "a" / f"{rel}.landmarks.npy")
+        plain = np.load(tiny_root / f"{rel}.landmarks.npy")
+        assert lms.shape == plain.shape
+        np.testing.assert_allclose(lms[synthetic.NEUTRAL_START_FRAMES + 1:][:, synthetic.GROUPS["contour"]],
+                                   plain[synthetic.NEUTRAL_START_FRAMES + 1:][:, synthetic.GROUPS["contour"]], atol=1e-6)

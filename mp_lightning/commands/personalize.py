@@ -13,9 +13,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-every", type=int, default=None,
                         help="also evaluate every N steps (always at 0, 1, 2, 5, 10, 20, 50, ... and K)")
     parser.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/personalized_<video>)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam lr (default 2e-4, the meta inner lr)")
-    parser.add_argument("--warp-lr-multiplier", type=float, default=0.1, help="warping-network lr x this (refine stage)")
-    parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (default 4)")
+    parser.add_argument("--optimizer", default=None, choices=("adam", "radam", "sgd"),
+                        help="default: PersonalizationRecipe's (mp_lightning/personalize.py, chosen by measurement)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    parser.add_argument("--warp-lr-multiplier", type=float, default=None, help="warping-network lr x this (refine stage)")
+    parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the recipe's)")
     parser.add_argument("--max-eval-frames", type=int, default=32, help="held-out frames evaluated (evenly spaced)")
     parser.add_argument("--lpips-pretrained", default="true", choices=("true", "false"),
                         help="false: random LPIPS trunk (offline smoke runs only, not LPIPS)")
@@ -34,16 +36,20 @@ def run(args) -> int:
     from pathlib import Path
 
     from mp_lightning.errors import UserFacingError
-    from mp_lightning.runs.personalize import personalize
+    from mp_lightning.runs.personalize import PersonalizationRecipe, personalize
     from mp_lightning.stages.base import load_stage
 
     if args.steps < 0:
         raise UserFacingError("--steps must be >= 0")
     stage = load_stage(args.checkpoint, map_location=resolve_device(args.device), eval_mode=False).unwrapped()
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"personalized_{Path(args.video).stem}"
+    recipe = PersonalizationRecipe()
+    for key in ("optimizer", "lr", "warp_lr_multiplier", "batch_size"):
+        if getattr(args, key) is not None:
+            setattr(recipe, key, getattr(args, key))
     curve = personalize(
-        stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every, lr=args.lr,
-        warp_lr_multiplier=args.warp_lr_multiplier, batch_size=args.batch_size, max_eval_frames=args.max_eval_frames,
+        stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every, recipe=recipe,
+        max_eval_frames=args.max_eval_frames,
         lpips_pretrained=args.lpips_pretrained == "true", identity_pretrained=args.identity_pretrained == "true",
         seed=args.seed, source_identity=args.source_identity,
     )

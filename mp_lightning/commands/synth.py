@@ -21,6 +21,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--test-fraction", type=float, default=0.2, help="fraction of identities in test/ (default 0.2)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per CPU)")
+    parser.add_argument("--personal-details", action="store_true",
+                        help="people carry teeth, a side mark and an earring that a frontal, closed-mouth first frame "
+                             "hides (for the personalization benchmark)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval of the mp4 clips (default 8)")
 
 
@@ -39,6 +42,7 @@ def run(args) -> int:
         test_fraction=args.test_fraction,
         workers=args.workers,
         gop=args.gop or DEFAULT_GOP,
+        personal_details=args.personal_details,
     )
     print(
         f"wrote {len(summary['clips'])} clips ({summary['train_identities']} train / {summary['test_identities']} test"

@@ -19,6 +19,19 @@ file that states only what it changes from its base (``experiments/paper/<row>.y
         experiment: personalization.yaml
         optional: true                      # left out of the table (with a note) while the file is missing
 
+A set may also make its data and end with a personalization benchmark of its rows' checkpoints
+(``experiments/paper/personalization_tiny.yaml``)::
+
+    synth: {identities: 20, personal_details: true, ...}   # write_synthetic_dataset(OUT/data, ...) if missing;
+                                                           # every row then gets data.root=OUT/data
+    evaluate: none        # keep the training metrics (no test evaluation)
+    personalization_benchmark:                             # mp-lightning personalization-benchmark
+      checkpoints: {standard: standard_row, meta: meta_row}
+      identities: 6
+      support_seconds: 0.4
+      steps: [0, 1, 2, 5, 10, 20, 50]
+      overrides: [reference=standard]                      # its key=value settings
+
 Every row is trained with ``run_training`` and evaluated on the test split (self-reenactment and
 cross-identity) with ``run_evaluation``; a row whose ``eval/metrics.json`` exists is reused, so an
 interrupted ablation continues where it stopped. A row that fails is recorded as failed and the
@@ -83,8 +96,18 @@ def load_ablation_set(path: str | Path) -> dict:
     node.setdefault("columns", None)
     node.setdefault("sets", ["self", "cross"])
     node.setdefault("evaluate", "test")
-    if node["evaluate"] not in ("test", "validation"):
-        raise ConfigError(f"{path}: 'evaluate' must be test (run_evaluation on the test split) or validation")
+    if node["evaluate"] not in ("test", "validation", "none"):
+        raise ConfigError(f"{path}: 'evaluate' must be test (run_evaluation on the test split), validation or none")
+    if node.get("synth") is not None and not isinstance(node["synth"], dict):
+        raise ConfigError(f"{path}: 'synth' must be a mapping of write_synthetic_dataset arguments")
+    bench = node.get("personalization_benchmark")
+    if bench is not None:
+        if not isinstance(bench, dict) or not isinstance(bench.get("checkpoints"), dict) or not bench["checkpoints"]:
+            raise ConfigError(f"{path}: 'personalization_benchmark' needs 'checkpoints: {{NAME: row}}'")
+        for label, row in bench["checkpoints"].items():
+            if row not in seen:
+                raise ConfigError(f"{path}: personalization_benchmark checkpoint '{label}' names no row ('{row}')")
+        bench["overrides"] = [str(o) for o in bench.get("overrides") or []]
     return node
 
 
@@ -110,9 +133,16 @@ def run_ablation(
 
     ablation = load_ablation_set(set_file)
     extra = list(extra_overrides)
-    out_dir = Path(out_dir) if out_dir else Path("runs") / "ablations" / ablation["name"]
+    if out_dir is None:
+        # `output_root=X` (an override every row gets) also moves the set's own folder
+        roots = [o.split("=", 1)[1] for o in extra if o.startswith("output_root=")]
+        out_dir = Path(roots[-1] if roots else "runs") / "ablations" / ablation["name"]
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    if ablation.get("synth") is not None:
+        data_root = _synthetic_data(ablation["synth"], out_dir / "data", quiet)
+        extra = [f"data.root={data_root}", *extra]
 
     def log(msg: str) -> None:
         if not quiet:
@@ -149,6 +179,8 @@ def run_ablation(
             trained = run_training(cfg)
             if ablation["evaluate"] == "validation":
                 metrics = _validation_metrics(trained, metrics_file)
+            elif ablation["evaluate"] == "none":
+                metrics = _training_metrics(trained, metrics_file)
             else:
                 cfg = compose(row["experiment"], [*overrides, f"ckpt_path={trained['last_checkpoint']}"])
                 metrics = run_evaluation(cfg, sets=tuple(ablation["sets"]))["metrics"]
@@ -158,6 +190,10 @@ def run_ablation(
             (out_dir / f"{name}.error.txt").write_text(traceback.format_exc())
             log(f"[{ablation['name']}] {name}: FAILED: {entry['error']}")
 
+    benchmark = None
+    if ablation.get("personalization_benchmark") is not None:
+        benchmark = _personalization_benchmark(ablation, results, out_dir, extra, log)
+
     table = ablation_table(ablation, list(results.values()))
     md_path, csv_path = out_dir / TABLE_MD, out_dir / TABLE_CSV
     md_path.write_text(table_markdown(ablation, table))
@@ -165,6 +201,8 @@ def run_ablation(
         csv.writer(f).writerows([table["header"], *table["rows"]])
     summary = {"name": ablation["name"], "rows": list(results.values()), "table_md": str(md_path),
                "table_csv": str(csv_path), "columns": table["columns"]}
+    if benchmark is not None:
+        summary["personalization_benchmark"] = benchmark
     if log_wandb_table:
         summary["wandb_dir"] = log_table_to_wandb(ablation, table, out_dir)
     (out_dir / RESULTS_JSON).write_text(json.dumps(summary, indent=2))
@@ -183,6 +221,56 @@ def _validation_metrics(trained: dict, metrics_file: Path) -> dict:
     metrics_file.write_text(json.dumps({"checkpoint": trained["last_checkpoint"], "source": "validation",
                                         "metrics": metrics}, indent=2))
     return metrics
+
+
+def _training_metrics(trained: dict, metrics_file: Path) -> dict:
+    """The run's last logged metrics, saved where a test evaluation would be, so the row is reused."""
+    metrics = dict(trained["metrics"])
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(json.dumps({"checkpoint": trained["last_checkpoint"], "source": "training",
+                                        "metrics": metrics}, indent=2))
+    return metrics
+
+
+def _synthetic_data(synth: dict, root: Path, quiet: bool) -> Path:
+    """The set's synthetic data, written once (the synth is deterministic, so a finished folder is reused)."""
+    from datamodules import write_synthetic_dataset
+
+    done = root / "synth.json"
+    if not done.is_file():
+        if not quiet:
+            print(f"writing synthetic data {root}: {synth}", flush=True)
+        summary = write_synthetic_dataset(root, **synth)
+        done.write_text(json.dumps({"arguments": synth, "summary": summary}, indent=1))
+    return root
+
+
+def _personalization_benchmark(ablation: dict, results: dict, out_dir: Path, extra: Sequence[str], log) -> dict:
+    """Run the personalization benchmark on the named rows' last checkpoints (data.root from the overrides)."""
+    from mp_lightning.runs.personalization_benchmark import DEFAULT_STEPS, benchmark_config, run_benchmark
+
+    bench = ablation["personalization_benchmark"]
+    bench_dir = out_dir / "personalization_benchmark"
+    roots = [o.split("=", 1)[1] for o in extra if o.startswith("data.root=")]
+    root = bench.get("data") or (roots[-1] if roots else None)
+    if root is None:
+        return {"state": "failed", "error": "no data root (synth:, data.root=... or personalization_benchmark.data)"}
+    missing = [row for row in bench["checkpoints"].values() if results[row].get("state") not in ("finished", "reused")]
+    if missing:
+        log(f"[{ablation['name']}] personalization benchmark: skipped, rows {missing} did not finish")
+        return {"state": "skipped", "error": f"rows {missing} did not finish"}
+    checkpoints = {label: results[row]["last_checkpoint"] for label, row in bench["checkpoints"].items()}
+    log(f"[{ablation['name']}] personalization benchmark of {checkpoints} on {root}")
+    try:
+        summary = run_benchmark(checkpoints, root, bench_dir, split=bench.get("split", "test"),
+                                identities=bench.get("identities"), support_seconds=float(bench.get("support_seconds", 1.0)),
+                                steps=bench.get("steps") or DEFAULT_STEPS, config=benchmark_config(bench["overrides"]))
+    except Exception as err:  # the rows' results stand without it
+        (out_dir / "personalization_benchmark.error.txt").write_text(traceback.format_exc())
+        log(f"[{ablation['name']}] personalization benchmark FAILED: {type(err).__name__}: {err}")
+        return {"state": "failed", "error": f"{type(err).__name__}: {err}"}
+    log((bench_dir / "summary.md").read_text())
+    return {"state": "finished", "dir": str(bench_dir), "summary": summary}
 
 
 def ablation_table(ablation: dict, rows: list[dict]) -> dict:

@@ -11,6 +11,16 @@ phi back in place. The outer update then moves phi along the mean difference:
 * `outer_rule: official_adam` (the released code): -mean(theta_N - phi) is written into `.grad`, clipped
   to norm `grad_clip` and stepped by Adam (lr 2e-5, warp x0.1, betas (0.5, 0.999)).
 
+After each task phi *and the inner stage's buffers* (spectral-norm u/v, BatchNorm statistics) are put back
+(`reptile.TaskState`), so that no task sees another's buffers. A task is one clip (`data.task_unit: clip`,
+the official sampling, whose epoch is one task per frame of every clip) or one identity's videos
+(`identity`); `lr_milestones` count epochs or steps (`lr_interval`), the budget is `trainer.max_steps` or
+`trainer.max_epochs`.
+
+Validation scores what Reptile optimises: besides the zero-shot query predictions of phi (`val/<metric>`),
+a copy adapted for `val_inner_steps` inner steps on each task's support predicts its query
+(`val/adapted/<metric>`).
+
 Memory: one snapshot of phi and one running sum of the differences (no copy of the module per task),
 plus the inner Adam state. Under DDP every rank runs its own tasks; the difference sums and task counts
 are all-reduced before the outer step, so each rank applies the same update and the weights stay
@@ -28,8 +38,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mp_lightning.errors import ConfigError
-from mp_lightning.batch import holds_tasks, tasks_as_pairs
-from mp_lightning.reptile import adaptation_groups, inner_loop, outer_update
+from mp_lightning.batch import holds_tasks, task_pairs, tasks_as_pairs
+from mp_lightning.reptile import TaskState, adapt, adaptation_groups, inner_loop, make_inner_optimizer, outer_update
 from mp_lightning.choices import Choice
 from mp_lightning.stages import stage_class, stage_names
 from mp_lightning.stages.base import Stage
@@ -42,6 +52,9 @@ InnerStage = Choice("InnerStage", {name: name for name in stage_names() if name 
 class OuterRule(Choice):
     reptile = "reptile"  # classic: phi += outer_lr * mean delta
     official_adam = "official_adam"  # the released code: Adam on -mean delta, clipped
+
+
+LR_INTERVALS = ("epoch", "step")
 
 
 @dataclass
@@ -60,8 +73,12 @@ class MetaConfig:
     nan_to_num: float = 1e5  # inner gradients are nan_to_num'ed to +-this before clipping (official)
     remove_spectral_norm: bool = False  # strip spectral norm from the generator after init_from (official --remove_sn)
     init_from: Optional[str] = None  # all inner weights from this checkpoint (a base stage's or a meta one)
-    lr_milestones: List[int] = field(default_factory=lambda: [2])  # outer lr x lr_gamma at these epochs (official)
+    lr_milestones: List[int] = field(default_factory=lambda: [2])  # outer lr x lr_gamma at these epochs/steps (official: epoch 2)
     lr_gamma: float = 0.1
+    lr_interval: str = "epoch"  # epoch | step: the unit of lr_milestones (an epoch depends on data.task_unit)
+    # validation also adapts a copy to each task's support and scores its query (val/adapted/<metric>,
+    # beside the zero-shot val/<metric>): the quantity Reptile optimises; None = inner_steps, 0 = off
+    val_inner_steps: Optional[int] = None
 
 
 def remove_spectral_norm_(module: torch.nn.Module) -> int:
@@ -82,6 +99,15 @@ def remove_spectral_norm_(module: torch.nn.Module) -> int:
             if isinstance(getattr(hook, "hook", hook), SpectralNormLoadStateDictPreHook):
                 del sub._load_state_dict_pre_hooks[key]
     return count
+
+
+def _cloned(value):
+    """Tensors (in dicts/lists) cloned: a tensor made under inference mode cannot take part in autograd."""
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cloned(v) for v in value]
+    return value.clone() if torch.is_tensor(value) else value
 
 
 # ------------------------------------------------------------------------------------------------ module
@@ -116,6 +142,10 @@ class MetaLearningModule(Stage):
         hp = self.hp
         if hp.inner_steps < 1:
             raise ConfigError("config key 'model.inner_steps' must be >= 1")
+        if hp.lr_interval not in LR_INTERVALS:
+            raise ConfigError(f"config key 'model.lr_interval': '{hp.lr_interval}' is not one of {', '.join(LR_INTERVALS)}")
+        if hp.val_inner_steps is not None and hp.val_inner_steps < 0:
+            raise ConfigError("config key 'model.val_inner_steps' must be >= 0 (0: no adapted validation)")
         inner_config = copy.deepcopy(dict(config))
         inner_config["stage"] = hp.inner_stage.value
         inner_config["model"] = copy.deepcopy(hp.inner)
@@ -146,10 +176,50 @@ class MetaLearningModule(Stage):
         return self.inner.sample_transform()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        adapted = None
         if holds_tasks(batch):
+            steps = self.hp.inner_steps if self.hp.val_inner_steps is None else self.hp.val_inner_steps
+            if steps > 0:
+                adapted = self.adapted_query_predictions(batch, steps)
             # in place, so the metric and media callbacks see the pairs the outputs belong to
             batch.update(tasks_as_pairs(batch, "query"))
-        return super().validation_step(batch, batch_idx, dataloader_idx)
+        out = super().validation_step(batch, batch_idx, dataloader_idx)
+        if adapted is not None:
+            # the metrics callback scores each variant under val/<name>/ with the same batch
+            out["variants"] = {"adapted": {"prediction": adapted}}
+            target = batch["driving"]
+            self.log("val/adapted/l1", (adapted - target).abs().mean(), sync_dist=True, batch_size=target.shape[0],
+                     add_dataloader_idx=False)
+        return out
+
+    def adapted_query_predictions(self, batch: dict, steps: int) -> torch.Tensor:
+        """Query predictions (sum of Q over tasks, 3, H, W) after `steps` inner steps on each task's support.
+
+        The inner loop of training (fresh inner Adam, the stage's adaptation loss in training mode) from the
+        current phi; phi and the buffers are put back after every task. Runs under Lightning's inference mode:
+        the task's tensors are cloned out of it so that the inner steps can backpropagate.
+        """
+        hp = self.hp
+        groups = self.meta_groups()
+        params = [p for g in groups for p in g["params"]]
+        was_training = self.inner.training
+        predictions = []
+        with torch.inference_mode(False), torch.enable_grad():
+            state = TaskState(self.inner, params)
+            for t in range(batch["source"].shape[0]):
+                support = _cloned(task_pairs(batch, t, "support"))
+                query = _cloned(task_pairs(batch, t, "query"))
+                self.inner.train()
+                adapt(self.inner, support, steps, make_inner_optimizer(groups, hp.inner_lr, hp.inner_betas), params,
+                      hp.grad_clip, hp.nan_to_num)
+                self.inner.eval()
+                with torch.no_grad():
+                    predictions.append(self.inner(query)["prediction"].detach())
+                state.restore()
+            for p in params:
+                p.grad = None
+        self.inner.train(was_training)
+        return torch.cat(predictions)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if holds_tasks(batch):
@@ -210,6 +280,10 @@ class MetaLearningModule(Stage):
         self.log("train/inner_loss", inner_loss, prog_bar=True, batch_size=n)
         self.log("train/inner_loss_last", torch.tensor(result["losses"][-1]), batch_size=n)
         self.log("train/meta_delta_norm", norm, batch_size=n)
+        if self.hp.lr_interval == "step":
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
         return None
 
     # --- DDP: the outer update synchronises itself ------------------------------------------------------
@@ -229,8 +303,9 @@ class MetaLearningModule(Stage):
             wrapper.require_backward_grad_sync = False
 
     def on_train_epoch_end(self) -> None:
+        # manual optimization: Lightning steps no scheduler itself
         sched = self.lr_schedulers()
-        if sched is not None:
+        if sched is not None and self.hp.lr_interval == "epoch":
             sched.step()
 
     def configure_optimizers(self):
@@ -245,7 +320,7 @@ class MetaLearningModule(Stage):
         else:
             opt = torch.optim.Adam(groups, lr=hp.outer_lr, betas=tuple(hp.outer_betas))
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(hp.lr_milestones), hp.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.lr_interval}}
 
     # --- resume: data sampling continues as in the uninterrupted run ------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -48,6 +48,9 @@ class WarpStageConfig:
     # cross-identity (a batch with the driving clip's first frame, or `animate`): draw the driving landmarks
     # moved onto the source's face shape (`landmarks.retarget_landmarks`); false = as detected
     retarget_landmarks: bool = True
+    # init_from copies every matching weight, not only the stage's own choice (refine: the warping network,
+    # as the official stage 2); for continuing a stage-2 model (experiments/paper/personalization.yaml)
+    init_whole_model: bool = False
 
 
 class MetaPortraitStage(Stage):
@@ -85,7 +88,7 @@ class MetaPortraitStage(Stage):
             backbone=hp.perceptual.backbone,
         )
         if hp.init_from:
-            load_init_weights(self, hp.init_from, prefixes=self.init_prefixes)
+            load_init_weights(self, hp.init_from, prefixes=() if hp.init_whole_model else self.init_prefixes)
 
     # --- inputs -------------------------------------------------------------------------------------
     def prepare(self, batch: dict) -> dict:
