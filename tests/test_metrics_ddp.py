@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mp_lightning.networks.dlib_face import dlib_unavailable_reason
+from mp_lightning.metrics.akd_mediapipe import mediapipe_unavailable_reason
 from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
 
 ENABLED = ["lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "akd", "st_lpips", "id_similarity_dlib", "aed_dlib"]
@@ -20,6 +21,8 @@ if st_lpips_unavailable_reason() is None:
     EXPECTED += ["st_lpips"]
 if dlib_unavailable_reason() is None:
     EXPECTED += ["id_similarity_dlib", "aed_dlib", "dlib_no_face"]
+if mediapipe_unavailable_reason() is None:  # AKD's offline detector also counts pairs without a face
+    EXPECTED += ["akd_no_face"]
 
 
 def _config():
