@@ -354,8 +354,9 @@ def _frames_from_source_clip(root, item) -> bool:
 def test_task_unit_clip_draws_a_task_from_one_clip(root):
     clip_dm = _module(root, mode="identity_tasks", task_unit="clip", augment_flip=False)
     identity_dm = _module(root, mode="identity_tasks", task_unit="identity", augment_flip=False)
-    # the official epoch: one task per frame of every clip (4 train identities x 2 clips x 10 frames)
-    assert len(clip_dm.train_dataset) == 8 * FRAMES and len(identity_dm.train_dataset) == 4
+    # the official epoch: one task per frame of every clip (2 training identities, the other 2 held out for
+    # validation, x 2 clips x 10 frames)
+    assert len(clip_dm.train_dataset) == 4 * FRAMES and len(identity_dm.train_dataset) == 2
     assert len(clip_dm.val_dataset) == 4 and len(identity_dm.val_dataset) == 2
     assert all(_frames_from_source_clip(root, clip_dm.train_dataset[i]) for i in range(16))
     # control: identity tasks mix the person's two clips, which the check above detects
