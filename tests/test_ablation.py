@@ -157,7 +157,7 @@ def test_personalization_set_trains_rows_and_runs_the_benchmark(tmp_path):
     set_file = tmp_path / "set.yaml"
     set_file.write_text(yaml.safe_dump({
         "kind": "ablation_set", "name": "pers", "evaluate": "none",
-        "synth": {"identities": 4, "videos_per_identity": 2, "clips_per_video": 1, "frames": 10, "size": 64,
+        "synth": {"identities": 8, "videos_per_identity": 2, "clips_per_video": 1, "frames": 10, "size": 64,
                   "test_fraction": 0.5, "personal_details": True, "workers": 0},
         "rows": [
             {"name": "start", "experiment": str(PAPER / "personalization_tiny_start.yaml"),
