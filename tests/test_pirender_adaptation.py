@@ -17,8 +17,11 @@ def test_personalize_fine_tunes_pirender_on_one_clip(tiny_data, tmp_path):
     stage = build_stage(cfg, build_datamodule(cfg))
     before = {k: v.clone() for k, v in stage.generator.state_dict().items()}
     video = sorted((tiny_data / "test").rglob("*.mp4"))[0]
-    curve = personalize(stage, video, seconds=0.4, steps=3, out_dir=tmp_path / "pers", batch_size=2, max_eval_frames=4,
-                        lpips_pretrained=False, identity=False, progress=False, lr=1e-3)
+    from mp_lightning.runs.personalize import PersonalizationRecipe
+
+    curve = personalize(stage, video, seconds=0.4, steps=3, out_dir=tmp_path / "pers", max_eval_frames=4,
+                        lpips_pretrained=False, identity=False, progress=False,
+                        recipe=PersonalizationRecipe(lr=1e-3, batch_size=2))
     assert curve["steps"] == [0, 1, 2, 3] and len(curve["metrics"]["l1"]) == 4
     # the EMA copy (what inference and the checkpoint use) carries the adapted weights
     tuned = load_stage(curve["checkpoint"])
