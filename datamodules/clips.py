@@ -74,6 +74,14 @@ def identity_path_for(clip_path: Path) -> Path:
 IDENTITY_JSON = "identity.json"  # ROOT/identity.json: what the <clip>.identity.npy files of the root hold
 
 
+def read_json(path: Path):
+    """The parsed JSON file of a data root (landmarks.json, identity.json, semantics.json); a DataError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+
+
 def load_identity_description(root: str | Path) -> dict | None:
     """What the root's ``<clip>.identity.npy`` files hold: ``{"kind": str, "dim": int, ...}`` or None.
 
@@ -86,10 +94,7 @@ def load_identity_description(root: str | Path) -> dict | None:
     root = Path(root)
     path = root / IDENTITY_JSON
     if path.is_file():
-        try:
-            desc = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from err
+        desc = read_json(path)
         if not isinstance(desc, dict) or not isinstance(desc.get("kind"), str) or not isinstance(desc.get("dim"), int):
             raise DataError(f'{path}: expected an object with "kind" (e.g. "facenet-vggface2") and "dim" (e.g. 512)')
         return desc
@@ -109,10 +114,7 @@ def load_landmark_spec(root: str | Path) -> dict | None:
     path = Path(root) / "landmarks.json"
     if not path.is_file():
         return None
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
+    spec = read_json(path)
     if not isinstance(spec, dict) or not ("preset" in spec or "num_points" in spec):
         raise DataError(f"{path}: expected an object with 'num_points' (and 'edges', 'flip_permutation') or 'preset'")
     if "flip_permutation" in spec and "num_points" in spec:

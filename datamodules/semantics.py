@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.clips import read_json
 from mp_lightning.errors import DataError
 
 SEMANTICS_DIM = 73
@@ -53,10 +54,7 @@ def load_semantics_description(root: str | Path) -> dict | None:
     path = Path(root) / SEMANTICS_JSON
     if not path.is_file():
         return None
-    try:
-        desc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
+    desc = read_json(path)
     if not isinstance(desc, dict) or not isinstance(desc.get("kind"), str) or desc.get("dim") != SEMANTICS_DIM:
         raise DataError(f'{path}: expected an object with "kind" (one of {", ".join(KINDS)}) and "dim": {SEMANTICS_DIM}')
     return desc
