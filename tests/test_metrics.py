@@ -6,19 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mp_lightning.metrics.suite import (
-    AED,
-    AKD,
-    L1,
-    LPIPS,
-    PSNR,
-    SSIM,
-    IdentitySimilarity,
-    MetricsConfig,
-    MetricSuite,
-    TemporalWarpingError,
-    fid_unavailable_reason,
-)
+from mp_lightning.metrics.fid import fid_unavailable_reason
+from mp_lightning.metrics.identity import AED, IdentitySimilarity
+from mp_lightning.metrics.keypoints import AKD
+from mp_lightning.metrics.perceptual import LPIPS
+from mp_lightning.metrics.pixel import L1, PSNR, SSIM
+from mp_lightning.metrics.suite import MetricsConfig, MetricSuite
+from mp_lightning.metrics.temporal import TemporalWarpingError
 from mp_lightning.errors import ConfigError, MissingWeightsError
 from mp_lightning.networks.identity import FaceEmbedder
 
@@ -280,7 +274,7 @@ def test_fid_without_its_inception_file_is_skipped_naming_the_file(tmp_path, mon
 
 def test_akd_runs_mediapipe_on_the_prediction_and_the_ground_truth(tiny_data):
     from mp_lightning.io.video import read_video
-    from mp_lightning.metrics.akd_mediapipe import mediapipe_unavailable_reason
+    from mp_lightning.metrics.keypoints import mediapipe_unavailable_reason
 
     reason = mediapipe_unavailable_reason()
     if reason:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mp_lightning.networks.dlib_face import dlib_unavailable_reason
-from mp_lightning.metrics.akd_mediapipe import mediapipe_unavailable_reason
+from mp_lightning.metrics.keypoints import mediapipe_unavailable_reason
 from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
 
 ENABLED = ["lpips", "psnr", "ssim", "l1", "id_similarity", "aed", "akd", "st_lpips", "id_similarity_dlib", "aed_dlib"]

@@ -38,7 +38,7 @@ def _config(enabled):
 @needs_stlpips
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_st_lpips_equals_the_package(net):
-    from mp_lightning.metrics.st_lpips import STLPIPS
+    from mp_lightning.metrics.perceptual import STLPIPS
     from mp_lightning.networks.st_lpips import _import_stlpips
 
     faces, _ = _faces(64)

@@ -1,4 +1,7 @@
-"""Talking-head evaluation metrics as torchmetrics `Metric`s, and the `MetricSuite` every stage reports.
+"""`MetricSuite`: the talking-head metrics every stage reports, built from a `MetricsConfig`, and their registry
+(`ALL_METRICS`, `REFERENCE_METRICS`, `METRIC_NETWORKS`). The metrics themselves are torchmetrics `Metric`s, one
+file per family: `pixel` (PSNR, SSIM, L1), `perceptual` (LPIPS, ST-LPIPS), `identity` (similarity and AED on
+FaceNet, ArcFace or dlib embeddings), `keypoints` (AKD), `temporal` (warping error), `fid`.
 
 Every metric keeps a float64 running sum and a count with `dist_reduce_fx="sum"`, so under DDP the
 value torchmetrics syncs is exactly the mean over all samples of all ranks (no mean-of-means).
@@ -34,448 +37,21 @@ import importlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torchmetrics import Metric
 
 from mp_lightning.batch import is_cross_identity
 from mp_lightning.errors import ConfigError, MissingWeightsError
-
-__all__ = [
-    "AED",
-    "AKD",
-    "L1",
-    "LPIPS",
-    "PSNR",
-    "SSIM",
-    "IdentitySimilarity",
-    "MetricSuite",
-    "MetricsConfig",
-    "TemporalWarpingError",
-    "fid_unavailable_reason",
-    "farneback_flow",
-]
-
-LandmarkDetector = Callable[[Tensor], Tensor]  # (B, 3, H, W) in [0, 1] -> (B, K, 2) in [0, 1]
-
-
-# ------------------------------------------------------------------------------------------ base classes
-class _MeanMetric(Metric):
-    """Mean of per-sample values: float64 `total` and `count`, both summed across ranks."""
-
-    full_state_update = False
-    is_differentiable = False
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self._frozen: List[nn.Module] = []
-
-    def _accumulate(self, values: Tensor) -> None:
-        values = values.detach().reshape(-1).to(self.total.device, torch.float64)
-        self.total += values.sum()
-        self.count += values.numel()
-
-    def compute(self) -> Tensor:
-        """Mean over every sample seen by every rank; NaN when there was none."""
-        if self.count == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64, device=self.total.device)
-        return self.total / self.count
-
-    def _hold_frozen(self, attr: str, net: Any) -> None:
-        # a plain attribute, not a submodule: pretrained weights stay out of the state dict of whatever holds
-        # the metric (a LightningModule's checkpoint), and one net can be shared by several metrics
-        object.__setattr__(self, attr, net)
-        if isinstance(net, nn.Module):
-            self._frozen.append(net)
-
-    def _apply(self, fn: Callable, *args: Any, **kwargs: Any):
-        # frozen nets follow device moves but not dtype casts (inputs are evaluated in float32); a probe
-        # tensor tells which of the two `fn` does, whatever `.to` / `.cuda` / `.half` produced it
-        probe = fn(torch.zeros(1))
-        if isinstance(probe, Tensor):
-            for net in self._frozen:
-                net.to(probe.device)
-        return super()._apply(fn, *args, **kwargs)
-
-
-def _check_images(name: str, preds: Tensor, target: Tensor) -> None:
-    if preds.shape != target.shape or preds.ndim != 4 or preds.shape[1] != 3:
-        raise ValueError(
-            f"{name}: expects preds and target of the same shape (B, 3, H, W), got {tuple(preds.shape)} "
-            f"and {tuple(target.shape)}"
-        )
-
-
-# --------------------------------------------------------------------------------------- pixel metrics
-class PSNR(_MeanMetric):
-    """Mean over images of the per-image PSNR with data range 1.
-
-    update(preds, target): (B, 3, H, W) in [0, 1]. Identical images give +inf (as torchmetrics does).
-    Note: torchmetrics' `PeakSignalNoiseRatio()` without `dim` is the PSNR of the pooled MSE instead.
-    """
-
-    higher_is_better = True
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        from torchmetrics.functional.image import peak_signal_noise_ratio
-
-        _check_images("PSNR", preds, target)
-        values = peak_signal_noise_ratio(
-            preds.float(), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3)
-        )
-        self._accumulate(values)
-
-
-class SSIM(_MeanMetric):
-    """Mean per-image SSIM (torchmetrics functional: Gaussian kernel 11, sigma 1.5, data range 1).
-
-    update(preds, target): (B, 3, H, W) in [0, 1], H and W >= 11.
-    """
-
-    higher_is_better = True
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        from torchmetrics.functional.image import structural_similarity_index_measure
-
-        _check_images("SSIM", preds, target)
-        values = structural_similarity_index_measure(preds.float(), target.float(), data_range=1.0, reduction="none")
-        self._accumulate(values)
-
-
-class L1(_MeanMetric):
-    """Mean absolute error. update(preds, target): (B, 3, H, W) in [0, 1]."""
-
-    higher_is_better = False
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        _check_images("L1", preds, target)
-        self._accumulate((preds.float() - target.float()).abs().flatten(1).mean(1))
-
-
-# ------------------------------------------------------------------------------------------------ LPIPS
-_LPIPS_BACKBONE_WEIGHTS = {"alex": "alexnet", "vgg": "vgg16"}
-
-
-def build_lpips_net(net: str = "alex", pretrained: bool = True, seed: int = 0) -> nn.Module:
-    """`lpips.LPIPS` with its calibrated linear layers (they ship in the wheel).
-
-    pretrained=True needs torchvision's ImageNet trunk (`mp_lightning.io.weights.require("alexnet"/"vgg16")`,
-    a `MissingWeightsError` when absent). pretrained=False uses a random trunk seeded with `seed`, so the
-    values are reproducible but are *not* LPIPS: for offline tests and smoke runs only.
-    """
-    import lpips
-
-    if net not in _LPIPS_BACKBONE_WEIGHTS:
-        raise ConfigError(f"metrics.lpips.net must be one of {sorted(_LPIPS_BACKBONE_WEIGHTS)}, got {net!r}")
-    with warnings.catch_warnings():
-        # lpips still calls torchvision with the deprecated `pretrained=` argument
-        warnings.simplefilter("ignore", UserWarning)
-        if pretrained:
-            from mp_lightning.io.weights import require
-
-            require(_LPIPS_BACKBONE_WEIGHTS[net])
-            model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=False, verbose=False)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    model.requires_grad_(False)
-    return model.eval()
-
-
-class LPIPS(_MeanMetric):
-    """Mean LPIPS distance (lpips package; images in [0, 1] are mapped to [-1, 1] as it expects).
-
-    Args: net "alex" (default, the published metric) or "vgg"; pretrained (see `build_lpips_net`); seed.
-    update(preds, target): (B, 3, H, W) in [0, 1].
-    """
-
-    higher_is_better = False
-
-    def __init__(self, net: str = "alex", pretrained: bool = True, seed: int = 0, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.net_name = net
-        self._hold_frozen("net", build_lpips_net(net, pretrained, seed))
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        _check_images("LPIPS", preds, target)
-        with torch.no_grad():
-            values = self.net(preds.float() * 2 - 1, target.float() * 2 - 1)
-        self._accumulate(values)
-
-
-# ---------------------------------------------------------------------------------------------- identity
-class _EmbeddingMetric(_MeanMetric):
-    """Base of identity metrics: `update(preds, target)` takes images (B, 3, H, W) in [0, 1] (embedded
-    with the FaceEmbedder) or precomputed embeddings (B, D) from that same embedder."""
-
-    def __init__(self, embedder: Optional[nn.Module] = None, pretrained: bool = True, align: str = "center",
-                 **kwargs: Any):
-        super().__init__(**kwargs)
-        if embedder is None:
-            from mp_lightning.networks.identity import FaceEmbedder
-
-            embedder = FaceEmbedder(pretrained=pretrained, align=align)
-        self._hold_frozen("embedder", embedder)
-
-    def _embed(self, x: Tensor) -> Tensor:
-        if x.ndim == 2:
-            return x.float()
-        with torch.no_grad():
-            return self.embedder(x.float())
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        if preds.shape[0] != target.shape[0]:
-            raise ValueError(f"{type(self).__name__}: batch sizes differ, {preds.shape[0]} vs {target.shape[0]}")
-        self._accumulate(self._score(self._embed(preds), self._embed(target)))
-
-    def _score(self, a: Tensor, b: Tensor) -> Tensor:
-        raise NotImplementedError
-
-
-class IdentitySimilarity(_EmbeddingMetric):
-    """Mean cosine similarity of identity embeddings (prediction vs source), in [-1, 1]."""
-
-    higher_is_better = True
-
-    def _score(self, a: Tensor, b: Tensor) -> Tensor:
-        return F.cosine_similarity(a, b, dim=-1)
-
-
-class AED(_EmbeddingMetric):
-    """Average Euclidean distance of identity embeddings (FOMM's AED; embeddings are unit-norm, so in [0, 2])."""
-
-    higher_is_better = False
-
-    def _score(self, a: Tensor, b: Tensor) -> Tensor:
-        return (a - b).norm(dim=-1)
-
-
-# ------------------------------------------------------------------------------------------------- AKD
-class AKD(_MeanMetric):
-    """Average keypoint distance: mean Euclidean distance in pixels between the landmarks of the
-    prediction and those of the driving frame.
-
-    Landmarks are (B, K, 2) in [0, 1] of the frame (x right, y down), as in the data contract. The
-    prediction's landmarks come from one of:
-      - `pred_landmarks` passed to `update` (a stage that outputs them, e.g. `prediction_landmarks`, or
-        landmarks precomputed offline with whatever produced the data's landmarks);
-      - the `detector` callable given here, (B, 3, H, W) in [0, 1] -> (B, K, 2) in [0, 1], run on `preds`.
-    `target_landmarks` are the driving frame's landmarks from the same source as the data's.
-    Points with a non-finite coordinate in either set (a missed detection) are left out.
-
-    Args:
-        detector: optional landmark detector for predictions.
-        image_size: report pixels at this side length (FOMM reports at 256); None = the image's own size.
-
-    update(target_landmarks, pred_landmarks=None, preds=None, image_size=None): image_size (H, W) is
-    needed only when neither `preds` nor the constructor's image_size gives the pixel scale.
-    """
-
-    higher_is_better = False
-
-    def __init__(self, detector: Optional[LandmarkDetector] = None, image_size: Optional[int] = None,
-                 detect_target: bool = False, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._hold_frozen("detector", detector)
-        self.image_size = image_size
-        self.detect_target = detect_target  # the detector also finds the target's landmarks (`update_detected`)
-
-    def update_detected(self, preds: Tensor, targets: Tensor) -> Tensor:
-        """The detector on both the predictions and the ground-truth frames (B, 3, H, W); returns (B,) bool:
-        a face found in both (pairs without are left out of the mean and counted by the caller)."""
-        with torch.no_grad():
-            pred_landmarks = self.detector(preds.float())
-            target_landmarks = self.detector(targets.float())
-        found = pred_landmarks.flatten(1).isfinite().all(1) & target_landmarks.flatten(1).isfinite().all(1)
-        if bool(found.any()):
-            self.update(target_landmarks[found], pred_landmarks[found], preds=preds[found])
-        return found.to(self.total.device)
-
-    def update(
-        self,
-        target_landmarks: Tensor,
-        pred_landmarks: Optional[Tensor] = None,
-        preds: Optional[Tensor] = None,
-        image_size: Optional[Tuple[int, int]] = None,
-    ) -> None:
-        if pred_landmarks is None:
-            if self.detector is None or preds is None:
-                raise ValueError("AKD: pass pred_landmarks, or construct with a detector and pass preds")
-            with torch.no_grad():
-                pred_landmarks = self.detector(preds.float())
-        if pred_landmarks.shape != target_landmarks.shape or pred_landmarks.shape[-1] != 2:
-            raise ValueError(
-                f"AKD: landmarks must both be (B, K, 2), got {tuple(pred_landmarks.shape)} and "
-                f"{tuple(target_landmarks.shape)}"
-            )
-        if self.image_size is not None:
-            h = w = self.image_size
-        elif preds is not None:
-            h, w = preds.shape[-2:]
-        elif image_size is not None:
-            h, w = image_size
-        else:
-            raise ValueError("AKD: the pixel scale is unknown: pass preds or image_size, or set AKD(image_size=...)")
-        scale = torch.tensor([w, h], dtype=torch.float64, device=target_landmarks.device)
-        diff = (pred_landmarks.double() - target_landmarks.double()) * scale
-        dist = diff.norm(dim=-1)
-        self._accumulate(dist[torch.isfinite(dist)])
-
-
-# ---------------------------------------------------------------------------------- temporal warp error
-def farneback_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-    """OpenCV Farneback flow between two uint8 grey images (H, W) -> (H, W, 2) float32 pixels (dx, dy),
-    such that prev(y, x) ~ nxt(y + dy, x + dx)."""
-    import cv2
-
-    return cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-
-
-def _grey_uint8(frames: Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W) uint8 luma (BT.601)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)
-    grey = (frames.float().clamp(0, 1) * weights).sum(1) * 255.0
-    return grey.round().to(torch.uint8).cpu().numpy()
-
-
-def _sample(image: Tensor, flow: Tensor) -> Tuple[Tensor, Tensor]:
-    """image (N, C, H, W) sampled at p + flow(p); flow (N, H, W, 2) in pixels. Returns the warped image and
-    a (N, 1, H, W) mask of points that stay inside the frame."""
-    n, _, h, w = image.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32, device=image.device),
-        torch.arange(w, dtype=torch.float32, device=image.device),
-        indexing="ij",
-    )
-    x = xs + flow[..., 0]
-    y = ys + flow[..., 1]
-    inside = ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).unsqueeze(1).float()
-    # pixel centres at integer coordinates <-> align_corners=True
-    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
-    warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return warped, inside
-
-
-def _landmark_flow(src: Tensor, dst: Tensor, h: int, w: int) -> Tensor:
-    """Dense flow (H, W, 2) in pixels interpolated from sparse landmark motion src -> dst ((K, 2) in [0, 1])
-    by inverse-squared-distance weighting (smooth, exact at the landmarks up to the +1 regulariser)."""
-    scale = torch.tensor([w, h], dtype=torch.float32, device=src.device)
-    p_src, p_dst = src.float() * scale, dst.float() * scale
-    ok = torch.isfinite(p_src).all(-1) & torch.isfinite(p_dst).all(-1)
-    p_src, motion = p_src[ok], (p_dst - p_src)[ok]
-    if p_src.shape[0] == 0:
-        return torch.zeros(h, w, 2, device=src.device)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32, device=src.device),
-        torch.arange(w, dtype=torch.float32, device=src.device),
-        indexing="ij",
-    )
-    pix = torch.stack([xs, ys], -1).reshape(-1, 1, 2)
-    weight = 1.0 / ((pix - p_src[None]).pow(2).sum(-1) + 1.0)
-    flow = (weight[..., None] * motion[None]).sum(1) / weight.sum(1, keepdim=True)
-    return flow.reshape(h, w, 2)
-
-
-class TemporalWarpingError(_MeanMetric):
-    """Temporal warping error of predicted clips: for each pair of consecutive frames, warp predicted
-    frame t+1 back to t with the optical flow t -> t+1 and take the mean absolute difference to predicted
-    frame t over non-occluded pixels inside the frame; the metric is the mean over frame pairs (in [0, 1]
-    units). A temporally consistent clip scores ~0; flicker raises it.
-
-    Args:
-        flow_source: where the flow t -> t+1 comes from:
-            "target"     - OpenCV Farneback on the ground-truth frames (default; needs `target`),
-            "prediction" - Farneback on the predicted frames themselves,
-            "landmarks"  - dense flow interpolated from landmark motion (needs `landmarks`; no occlusion mask).
-        occlusion_check: mask pixels that fail the forward-backward flow consistency test (Sundaram et al.
-            2010, as in Lai et al. 2018's warping error); only for Farneback flows.
-
-    update(preds, target=None, landmarks=None): preds and target (B, T, 3, H, W) in [0, 1], T >= 2;
-    landmarks (B, T, K, 2) in [0, 1] of the frame.
-    """
-
-    higher_is_better = False
-
-    def __init__(self, flow_source: str = "target", occlusion_check: bool = True, **kwargs: Any):
-        super().__init__(**kwargs)
-        if flow_source not in ("target", "prediction", "landmarks"):
-            raise ConfigError(
-                f"metrics.warp.flow_source must be 'target', 'prediction' or 'landmarks', got {flow_source!r}"
-            )
-        self.flow_source = flow_source
-        self.occlusion_check = occlusion_check
-
-    def _pair_flows(self, frames: Tensor) -> Tuple[Tensor, Tensor]:
-        """frames (T, 3, H, W) -> forward flows t->t+1 and backward flows t+1->t, each (T-1, H, W, 2)."""
-        grey = _grey_uint8(frames)
-        fwd = [farneback_flow(grey[t], grey[t + 1]) for t in range(len(grey) - 1)]
-        bwd = [farneback_flow(grey[t + 1], grey[t]) for t in range(len(grey) - 1)] if self.occlusion_check else None
-        to = lambda flows: torch.from_numpy(np.stack(flows)).to(frames.device)  # noqa: E731
-        return to(fwd), (to(bwd) if bwd is not None else None)
-
-    def update(self, preds: Tensor, target: Optional[Tensor] = None, landmarks: Optional[Tensor] = None) -> None:
-        if preds.ndim != 5 or preds.shape[2] != 3 or preds.shape[1] < 2:
-            raise ValueError(f"TemporalWarpingError: preds must be (B, T>=2, 3, H, W), got {tuple(preds.shape)}")
-        b, t, _, h, w = preds.shape
-        preds = preds.detach().float()
-        for i in range(b):
-            bwd = None
-            if self.flow_source == "landmarks":
-                if landmarks is None:
-                    raise ValueError("TemporalWarpingError(flow_source='landmarks'): pass landmarks (B, T, K, 2)")
-                fwd = torch.stack([_landmark_flow(landmarks[i, s], landmarks[i, s + 1], h, w) for s in range(t - 1)])
-            elif self.flow_source == "prediction":
-                fwd, bwd = self._pair_flows(preds[i])
-            else:
-                if target is None or target.shape != preds.shape:
-                    raise ValueError(
-                        "TemporalWarpingError(flow_source='target'): pass the ground-truth clip of the same shape "
-                        f"as preds {tuple(preds.shape)}, got {None if target is None else tuple(target.shape)}"
-                    )
-                fwd, bwd = self._pair_flows(target[i])
-            fwd = fwd.to(preds.device).float()
-            warped, mask = _sample(preds[i, 1:], fwd)
-            if bwd is not None:
-                bwd_at, _ = _sample(bwd.to(preds.device).float().permute(0, 3, 1, 2), fwd)
-                bwd_at = bwd_at.permute(0, 2, 3, 1)
-                mismatch = (fwd + bwd_at).pow(2).sum(-1)
-                bound = 0.01 * (fwd.pow(2).sum(-1) + bwd_at.pow(2).sum(-1)) + 0.5
-                mask = mask * (mismatch < bound).unsqueeze(1).float()
-            err = ((preds[i, :-1] - warped).abs() * mask).sum(dim=(1, 2, 3))
-            valid = mask.sum(dim=(1, 2, 3)) * 3
-            keep = valid > 0
-            self._accumulate(err[keep] / valid[keep])
-
-
-# -------------------------------------------------------------------------------------------------- FID
-def fid_unavailable_reason() -> Optional[str]:
-    """Why torchmetrics' FID cannot run here (None when it can)."""
-    try:
-        importlib.import_module("torch_fidelity")
-    except ImportError:
-        return "FID skipped: torch-fidelity is not installed (`pip install torch-fidelity`)"
-    from mp_lightning.io.weights import require
-
-    try:
-        require("inception_fid")
-    except MissingWeightsError as err:
-        return f"FID skipped: {err}"
-    return None
-
-
-def _build_fid() -> Metric:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    # normalize=True: images arrive as floats in [0, 1]
-    return FrechetInceptionDistance(feature=2048, normalize=True)
-
+from mp_lightning.metrics.base import MissedFaces
+from mp_lightning.metrics.fid import build_fid, fid_unavailable_reason
+from mp_lightning.metrics.identity import AED, IdentitySimilarity
+from mp_lightning.metrics.keypoints import AKD, MEDIAPIPE, LandmarkDetector, MediaPipeKeypoints, mediapipe_unavailable_reason
+from mp_lightning.metrics.perceptual import LPIPS, STLPIPS
+from mp_lightning.metrics.pixel import L1, PSNR, SSIM
+from mp_lightning.metrics.temporal import TemporalWarpingError
 
 # ------------------------------------------------------------------------------------------------ suite
 @dataclass
@@ -632,8 +208,6 @@ class MetricSuite(nn.Module):
 
             reason = st_lpips_unavailable_reason()
             if reason is None:
-                from mp_lightning.metrics.st_lpips import STLPIPS
-
                 metrics[self._key("st_lpips")] = STLPIPS(cfg.st_lpips.net)
             else:
                 self._skip("st_lpips", reason)
@@ -680,21 +254,17 @@ class MetricSuite(nn.Module):
 
             reason = dlib_unavailable_reason()
             if reason is None:
-                from mp_lightning.metrics.dlib_identity import DlibAED, DlibIdentitySimilarity, MissedFaces
-
                 dlib_embedder = DlibFaceEmbedder(cfg.dlib.detect_size, cfg.dlib.upsample)
                 if "id_similarity_dlib" in enabled:
-                    metrics[self._key("id_similarity_dlib")] = DlibIdentitySimilarity()
+                    metrics[self._key("id_similarity_dlib")] = IdentitySimilarity(dlib_embedder)
                 if "aed_dlib" in enabled:
-                    metrics[self._key("aed_dlib")] = DlibAED()
+                    metrics[self._key("aed_dlib")] = AED(dlib_embedder)
                 metrics["dlib_no_face"] = MissedFaces()
             else:
                 for name in dlib_wanted:
                     self._skip(name, reason)
         object.__setattr__(self, "_dlib_embedder", dlib_embedder)
         if "akd" in enabled:
-            from mp_lightning.metrics.akd_mediapipe import MEDIAPIPE, MediaPipeKeypoints, mediapipe_unavailable_reason
-
             detect_target, reason = False, None
             if landmark_detector is None and cfg.akd.detector == MEDIAPIPE:
                 reason = mediapipe_unavailable_reason()
@@ -707,8 +277,6 @@ class MetricSuite(nn.Module):
             else:
                 metrics["akd"] = AKD(landmark_detector, cfg.akd.image_size, detect_target=detect_target)
                 if detect_target:
-                    from mp_lightning.metrics.dlib_identity import MissedFaces
-
                     metrics["akd_no_face"] = MissedFaces()
         if "warp_error" in enabled:
             metrics["warp_error"] = TemporalWarpingError(cfg.warp.flow_source, cfg.warp.occlusion_check)
@@ -716,7 +284,7 @@ class MetricSuite(nn.Module):
             reason = fid_unavailable_reason()
             if reason is None:
                 try:
-                    metrics["fid"] = _build_fid()
+                    metrics["fid"] = build_fid()
                 except Exception as err:  # torch-fidelity's own loading errors vary by version
                     reason = f"FID skipped: {type(err).__name__}: {err}"
             if reason is not None:
@@ -785,18 +353,18 @@ class MetricSuite(nn.Module):
             sim, dist = self._metric(sim), self._metric(dist)
             if sim is None and dist is None:
                 continue
-            # embedders return a tensor (FaceNet) or (descriptors, found) (dlib: a frame may have no face)
-            as_args = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
-            pred_emb = as_args(embed(frames))
-            src_emb = as_args(embed(source))
-            if embed is self._dlib_embedder:
-                m["dlib_no_face"].update(pred_emb[1])
+            # embedders return a tensor (FaceNet, ArcFace) or (descriptors, found) (dlib: a frame may have no face)
+            with_found = lambda out: out if isinstance(out, tuple) else (out, None)  # noqa: E731
+            pred_emb, pred_found = with_found(embed(frames))
+            src_emb, src_found = with_found(embed(source))
+            if pred_found is not None:
+                m["dlib_no_face"].update(pred_found)
             if sim is not None:
-                sim.update(*pred_emb, *src_emb)
+                sim.update(pred_emb, src_emb, pred_found, src_found)
             if dist is not None:
                 # FOMM: against the ground-truth frame; without one, against the source
-                ref_emb = as_args(embed(gt)) if reference_available else src_emb
-                dist.update(*pred_emb, *ref_emb)
+                ref_emb, ref_found = with_found(embed(gt)) if reference_available else (src_emb, src_found)
+                dist.update(pred_emb, ref_emb, pred_found, ref_found)
 
         # a stage's own landmarks are of the data's landmark set: compared with the data's; else the detector on both
         if "akd" in m and m["akd"].detect_target and pred_landmarks is None:

@@ -70,7 +70,9 @@ class Evaluator:
 
     def __init__(self, lpips_pretrained: bool = True, identity_pretrained: bool = True, identity: bool = True,
                  names: tuple = ("lpips", "psnr", "ssim", "l1", "identity")):
-        from mp_lightning.metrics.suite import L1, LPIPS, PSNR, SSIM, IdentitySimilarity
+        from mp_lightning.metrics.identity import IdentitySimilarity
+        from mp_lightning.metrics.perceptual import LPIPS
+        from mp_lightning.metrics.pixel import L1, PSNR, SSIM
 
         make = {"lpips": lambda: LPIPS(pretrained=lpips_pretrained), "psnr": PSNR, "ssim": SSIM, "l1": L1,
                 "identity": lambda: IdentitySimilarity(pretrained=identity_pretrained)}
