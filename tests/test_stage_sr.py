@@ -65,6 +65,28 @@ def test_degradations_change_lq_only_in_training(tiny_data):
     assert dirty.shape == clean.shape and (dirty - clean).abs().mean() > 1e-3
 
 
+def test_validation_scores_the_prediction_and_bicubic_through_the_metric_suite(tiny_data):
+    """SR logs no metric itself: its validation output carries bicubic upsampling of the same LQ input as a
+    variant, which the suite scores beside the prediction (`val/psnr` and `val/bicubic/psnr`)."""
+    from datamodules.degradations import bicubic
+    from mp_lightning.metrics.suite import MetricSuite
+
+    _, stage, dm = _stage_and_data(tiny_data, "model.bicubic_skip=false")  # else the untrained stage IS bicubic
+    stage.eval()
+    batch = next(iter(dm.val_dataloader()[0]))
+    with torch.no_grad():
+        out = stage.validation_step(batch, 0)
+    baseline = out["variants"]["bicubic"]["prediction"]
+    assert torch.equal(baseline, bicubic(out["lq"], batch["frames"].shape[-1]))
+    scores = {}
+    for name, outputs in (("sr", out), ("bicubic", out["variants"]["bicubic"])):
+        suite = MetricSuite({"enabled": ["psnr", "l1", "warp_error"], "fid": False}, reference_available=True)
+        suite.update(outputs, batch)
+        scores[name] = suite.compute()
+    assert set(scores["sr"]) == set(scores["bicubic"]) == {"psnr", "l1", "warp_error"}
+    assert scores["sr"]["psnr"] != scores["bicubic"]["psnr"]
+
+
 def test_ema_tracks_the_generator_and_is_used_for_validation(tiny_data):
     _, stage, _ = _stage_and_data(tiny_data, "model.ema_warmup=false", "model.ema_decay=0.5")
     with torch.no_grad():
@@ -92,7 +114,8 @@ def test_tiny_sr_beats_bicubic_after_short_cpu_training(tiny_data):
     validation with a fixed seed), as in GFPGAN-style restoration: on the smooth synthetic faces a clean 2x
     bicubic is already near-optimal, so restoring detail is what the network can add. EMA off (decay 0)
     because 150 steps are too few for an EMA to catch up with the weights."""
-    from mp_lightning.stages.super_resolution import bicubic, psnr
+    from datamodules.degradations import bicubic
+    from mp_lightning.metrics.pixel import PSNR
 
     torch.manual_seed(0)
     _, stage, dm = _stage_and_data(tiny_data, "model.losses.perceptual=0", "model.losses.style=0", "model.losses.l1=1", "model.ema_decay=0.0",
@@ -112,13 +135,13 @@ def test_tiny_sr_beats_bicubic_after_short_cpu_training(tiny_data):
         opt.step()
         stage.update_ema()
     stage.eval()
-    sr, bic = [], []
+    sr, bic = PSNR(), PSNR()  # mean per-frame PSNR over the validation windows
     with torch.no_grad():
         for gt in val:
             out = stage({"frames": gt})
-            sr.append(psnr(out["prediction"], gt).flatten())
-            bic.append(psnr(bicubic(out["lq"], gt.shape[-1]), gt).flatten())
-    sr, bic = torch.cat(sr).mean().item(), torch.cat(bic).mean().item()
+            sr.update(out["prediction"].flatten(0, 1), gt.flatten(0, 1))
+            bic.update(bicubic(out["lq"], gt.shape[-1]).flatten(0, 1), gt.flatten(0, 1))
+    sr, bic = sr.compute().item(), bic.compute().item()
     print(f"tiny SR after {steps} steps ({time.time() - start:.1f} s): PSNR {sr:.3f} dB vs bicubic {bic:.3f} dB")
     assert sr > bic + 0.05, (sr, bic)
 

@@ -1,4 +1,5 @@
-"""Multi-scale patch discriminator (pix2pix style) used by FOMM and MetaPortrait.
+"""Multi-scale patch discriminator (pix2pix style) used by FOMM and MetaPortrait, and the small patch discriminator
+of the SR stage's optional GAN loss (`PatchDiscriminator`: ours; the official SR config trains without a GAN).
 
 State-dict layout follows the official code: `discs.<scale>.down_blocks.N.{conv,norm}` and `discs.<scale>.conv`,
 with the scale written like the official `str(scale).replace(".", "-")` for the official int/float values
@@ -124,3 +125,21 @@ class MultiScaleDiscriminator(nn.Module):
             out["feature_maps_" + key] = feature_maps
             out["prediction_map_" + key] = prediction_map
         return out
+
+
+class PatchDiscriminator(nn.Module):
+    """Small non-saturating patch discriminator for the optional GAN loss: (N, 3, H, W) in [0, 1] -> (N, 1, h, w)."""
+
+    def __init__(self, channels: int = 32, num_downs: int = 4):
+        super().__init__()
+        layers: List[nn.Module] = [nn.Conv2d(3, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
+        ch = channels
+        for _ in range(num_downs):
+            nxt = min(ch * 2, channels * 8)
+            layers += [nn.utils.spectral_norm(nn.Conv2d(ch, nxt, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            ch = nxt
+        layers.append(nn.Conv2d(ch, 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 2 - 1)

@@ -9,6 +9,9 @@ over the scales of an anti-aliased image pyramid (scales 1, 0.5, 0.25, 0.125).
 `mp-lightning weights`) or "st_lpips_vgg16" (the ImageNet VGG16 trunk of ST-LPIPS, relu1_2 ... relu5_3,
 which ships in the stlpips-pytorch wheel of the `metrics` extra, so real perceptual features offline).
 Random VGG19 weights (`pretrained=False`) are for unit tests only.
+
+`SRPerceptualStyleLoss` is the SR stage's BasicSR-style loss: the same frozen VGG19, pre-ReLU features, no
+pyramid, plus Gram-matrix style terms.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from mp_lightning.errors import ConfigError
 from mp_lightning.networks.blocks import AntiAliasInterpolation2d
 from mp_lightning.networks.discriminator import scale_key
 from mp_lightning.state_dicts import load_strict, read_checkpoint, under_prefix
@@ -24,6 +29,8 @@ from mp_lightning.state_dicts import load_strict, read_checkpoint, under_prefix
 VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision VGG19 `features` indices of the pre-ReLU outputs conv1_2, conv2_2, conv3_4, conv4_4, conv5_4 (SR loss)
+VGG19_PRE_RELU = (2, 7, 16, 25, 34)
 
 
 class ImagePyramid(nn.Module):
@@ -96,8 +103,6 @@ def perceptual_features(backbone: str = "vgg19", pretrained: bool = True) -> nn.
     """The frozen feature extractor of the perceptual loss: x (B, 3, H, W) in [0, 1] -> 5 feature maps."""
     if backbone == "vgg19":
         return Vgg19Features(pretrained=pretrained)
-    from mp_lightning.errors import ConfigError
-
     if backbone == "st_lpips_vgg16":
         if not pretrained:
             raise ConfigError("model.perceptual: backbone st_lpips_vgg16 has no random variant; for random "
@@ -150,3 +155,56 @@ class VGGPerceptualLoss(nn.Module):
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.forward_pyramids(self.pyramid(prediction), self.pyramid(target))
+
+
+class SRPerceptualStyleLoss(nn.Module):
+    """BasicSR-style perceptual + Gram style loss on frozen VGG19 pre-ReLU features.
+
+    forward(pred, target) with (N, 3, H, W) in [0, 1] -> (perceptual, style) scalars: sums over layers of
+    w_l * mean|phi_l(pred) - phi_l(target)| and w_l * mean|G_l(pred) - G_l(target)| with the Gram matrix
+    G = phi phi^T / (C H W). The target features are computed without gradients.
+    """
+
+    def __init__(self, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0), pretrained: bool = True):
+        super().__init__()
+        if len(layer_weights) != len(VGG19_PRE_RELU):
+            raise ConfigError(f"model.perceptual.layer_weights needs {len(VGG19_PRE_RELU)} values, got {len(layer_weights)}")
+        features = vgg19_layers(pretrained)
+        self.layer_weights = [float(w) for w in layer_weights]
+        last = max(i for i, w in zip(VGG19_PRE_RELU, self.layer_weights) if w != 0) if any(self.layer_weights) else 0
+        self.features = nn.Sequential(*[features[i] for i in range(last + 1)])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen feature extractor
+
+    def _features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        outs = []
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in VGG19_PRE_RELU:
+                outs.append(h)
+        return outs
+
+    @staticmethod
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        f = x.reshape(n, c, h * w)
+        return f @ f.transpose(1, 2) / (c * h * w)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor):
+        pred_feats = self._features(pred)
+        with torch.no_grad():
+            target_feats = self._features(target)
+        perceptual = pred.new_zeros(())
+        style = pred.new_zeros(())
+        for w, a, b in zip(self.layer_weights, pred_feats, target_feats):
+            if w == 0:
+                continue
+            perceptual = perceptual + w * F.l1_loss(a, b)
+            style = style + w * F.l1_loss(self.gram(a), self.gram(b))
+        return perceptual, style

@@ -16,22 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from datamodules.degradations import bicubic, gaussian_blur, jpeg_like
 from mp_lightning.choices import Choice
 from mp_lightning.errors import ConfigError
-from mp_lightning.networks.perceptual import IMAGENET_MEAN, IMAGENET_STD, vgg19_layers
+from mp_lightning.networks.discriminator import PatchDiscriminator
+from mp_lightning.networks.perceptual import SRPerceptualStyleLoss
 from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator, init_from_gfpgan
-from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen
+from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen, detached
 
 
 class LQSource(Choice):
     downsample = "downsample"  # bicubic from the ground truth (plus the configured degradations)
     base_model = "base_model"  # a trained base model re-animates each frame from the window's first frame
 
-# torchvision VGG19 `features` indices of the pre-ReLU outputs conv1_2, conv2_2, conv3_4, conv4_4, conv5_4
-VGG19_PRE_RELU = (2, 7, 16, 25, 34)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,141 +98,6 @@ class SRStageConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# losses and degradations
-
-
-class SRPerceptualStyleLoss(nn.Module):
-    """BasicSR-style perceptual + Gram style loss on frozen VGG19 pre-ReLU features.
-
-    forward(pred, target) with (N, 3, H, W) in [0, 1] -> (perceptual, style) scalars: sums over layers of
-    w_l * mean|phi_l(pred) - phi_l(target)| and w_l * mean|G_l(pred) - G_l(target)| with the Gram matrix
-    G = phi phi^T / (C H W). The target features are computed without gradients.
-    """
-
-    def __init__(self, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0), pretrained: bool = True):
-        super().__init__()
-        if len(layer_weights) != len(VGG19_PRE_RELU):
-            raise ConfigError(f"model.perceptual.layer_weights needs {len(VGG19_PRE_RELU)} values, got {len(layer_weights)}")
-        features = vgg19_layers(pretrained)
-        self.layer_weights = [float(w) for w in layer_weights]
-        last = max(i for i, w in zip(VGG19_PRE_RELU, self.layer_weights) if w != 0) if any(self.layer_weights) else 0
-        self.features = nn.Sequential(*[features[i] for i in range(last + 1)])
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # frozen feature extractor
-
-    def _features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        outs = []
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            if i in VGG19_PRE_RELU:
-                outs.append(h)
-        return outs
-
-    @staticmethod
-    def gram(x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        f = x.reshape(n, c, h * w)
-        return f @ f.transpose(1, 2) / (c * h * w)
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor):
-        pred_feats = self._features(pred)
-        with torch.no_grad():
-            target_feats = self._features(target)
-        perceptual = pred.new_zeros(())
-        style = pred.new_zeros(())
-        for w, a, b in zip(self.layer_weights, pred_feats, target_feats):
-            if w == 0:
-                continue
-            perceptual = perceptual + w * F.l1_loss(a, b)
-            style = style + w * F.l1_loss(self.gram(a), self.gram(b))
-        return perceptual, style
-
-
-class PatchDiscriminator(nn.Module):
-    """Small non-saturating patch discriminator for the optional GAN loss: (N, 3, H, W) in [0, 1] -> (N, 1, h, w)."""
-
-    def __init__(self, channels: int = 32, num_downs: int = 4):
-        super().__init__()
-        layers: List[nn.Module] = [nn.Conv2d(3, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
-        ch = channels
-        for _ in range(num_downs):
-            nxt = min(ch * 2, channels * 8)
-            layers += [nn.utils.spectral_norm(nn.Conv2d(ch, nxt, 4, 2, 1)), nn.LeakyReLU(0.2)]
-            ch = nxt
-        layers.append(nn.Conv2d(ch, 1, 3, 1, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * 2 - 1)
-
-
-def _dct_matrix(n: int = 8) -> torch.Tensor:
-    k = torch.arange(n, dtype=torch.float32)
-    m = torch.cos(math.pi * (2 * k[None] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
-    m[0] /= math.sqrt(2)
-    return m
-
-
-# the standard JPEG luminance table; quality scales it the libjpeg way
-_JPEG_Q = torch.tensor([
-    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
-    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
-    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
-
-
-def jpeg_like(x: torch.Tensor, quality: float) -> torch.Tensor:
-    """Blockwise 8x8 DCT quantisation of (N, 3, H, W) in [0, 1] (H, W multiples of 8), per channel.
-
-    Not a real JPEG codec (no chroma subsampling / entropy coding): only its blocking and ringing artefacts."""
-    if quality >= 100:
-        return x
-    n, c, h, w = x.shape
-    if h % 8 or w % 8:
-        return x
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    q = ((_JPEG_Q * scale + 50) / 100).floor().clamp(min=1).to(x)
-    d = _dct_matrix().to(x)
-    blocks = (x * 255 - 128).reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
-    coef = d @ blocks @ d.T
-    coef = torch.round(coef / q) * q
-    out = (d.T @ coef @ d).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
-    return ((out + 128) / 255).clamp(0, 1)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return x
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(..., 3, h, w) -> (..., 3, size, size), antialiased bicubic, clamped to [0, 1]."""
-    lead = x.shape[:-3]
-    flat = x.reshape(-1, *x.shape[-3:])
-    out = F.interpolate(flat, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    return out.clamp(0, 1).reshape(*lead, 3, size, size)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR (dB) of images in [0, 1]: (..., 3, H, W) -> (...)."""
-    mse = (a.float() - b.float()).pow(2).mean(dim=(-3, -2, -1)).clamp(min=1e-10)
-    return 10 * torch.log10(1.0 / mse)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the stage
 
 
@@ -275,7 +139,6 @@ class SuperResolutionStage(Stage):
             self.perceptual = None
         self.discriminator = PatchDiscriminator(hp.gan.channels, hp.gan.num_downs) if hp.losses.gan > 0 else None
         self._base: list = []  # the frozen base model (a plain list: it stays out of this stage's state dict)
-        self._val_warp = None
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -498,34 +361,9 @@ class SuperResolutionStage(Stage):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- validation -----------------------------------------------------------------------------------
-    def _warp_metric(self):
-        if self._val_warp is None:
-            from mp_lightning.metrics.suite import TemporalWarpingError
-
-            self._val_warp = {k: TemporalWarpingError(flow_source="target") for k in ("sr", "bicubic")}
-        return self._val_warp
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """The prediction, and bicubic upsampling of the same LQ input as a variant: `MetricsCallback` scores
+        both (`val/psnr`, `val/bicubic/psnr`, `val/warp_error`, `val/bicubic/warp_error`, ...)."""
         out = self(batch)
-        gt = batch["frames"]
-        pred = out["prediction"]
-        baseline = bicubic(out["lq"], gt.shape[-1])
-        b = gt.shape[0]
-        log = dict(sync_dist=True, batch_size=b, add_dataloader_idx=False)
-        self.log("val/psnr", psnr(pred, gt).mean(), prog_bar=True, **log)
-        self.log("val/psnr_bicubic", psnr(baseline, gt).mean(), **log)
-        self.log("val/l1", (pred - gt).abs().mean(), **log)
-        if gt.shape[1] >= 2:
-            warp = self._warp_metric()
-            warp["sr"].update(pred.cpu(), gt.cpu())
-            warp["bicubic"].update(baseline.cpu(), gt.cpu())
-        return {k: v.detach() for k, v in out.items()}
-
-    def on_validation_epoch_end(self) -> None:
-        if self._val_warp is None:
-            return
-        for key, name in (("sr", "val/warp_error"), ("bicubic", "val/warp_error_bicubic")):
-            metric = self._val_warp[key]
-            if metric.count > 0:
-                self.log(name, metric.compute().float())  # compute() already reduces across ranks
-            metric.reset()
+        baseline = bicubic(out["lq"], batch["frames"].shape[-1])
+        return {**detached(out), "variants": {"bicubic": {"prediction": baseline.detach()}}}
