@@ -153,7 +153,7 @@ def case_fomm() -> dict:
     import torch
 
     from mp_lightning.checkpoints.fomm import load_official_fomm
-    from mp_lightning.motion import normalize_kp
+    from mp_lightning.networks.fomm_motion import normalize_kp
 
     gold = torch.load(GOLDEN / "fomm_vox256_golden_io.pt", map_location="cpu", weights_only=True)
     kp, gen, _, _ = load_official_fomm(GOLDEN / "fomm_vox256_golden_ckpt.pth.tar", align_corners=False)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mp_lightning.checkpoints.fomm import load_official_fomm
-from mp_lightning.motion import normalize_kp, transfer_motion
+from mp_lightning.networks.fomm_motion import normalize_kp, transfer_motion
 from mp_lightning.networks.fomm import set_align_corners
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "golden"

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from mp_lightning.equivariance import (
+from mp_lightning.losses.equivariance import (
     RandomTPS,
     TransformParams,
     equivariance_jacobian_loss,
     equivariance_losses,
     equivariance_value_loss,
 )
-from mp_lightning.motion import convex_hull_area, movement_scale, normalize_kp, transfer_motion
+from mp_lightning.networks.fomm_motion import convex_hull_area, movement_scale, normalize_kp, transfer_motion
 from mp_lightning.networks.fomm import FOMMNetConfig, KPDetector
 
 

@@ -159,7 +159,9 @@ def test_converter_errors_name_keys(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- losses
 def test_loss_terms():
-    from mp_lightning import losses as L
+    from mp_lightning.losses.adversarial import feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
+    from mp_lightning.losses.identity import identity_loss
+    from mp_lightning.losses.regions import eye_loss, mouth_loss
     from mp_lightning.networks.perceptual import VGGPerceptualLoss
 
     perc = VGGPerceptualLoss(scales=(1, 0.5), pretrained=False)
@@ -169,11 +171,11 @@ def test_loss_terms():
     assert list(pp) == ["prediction_1", "prediction_0.5"]
     mask = torch.zeros(2, 1, 64, 64)
     mask[..., 8:16, 8:24] = 1
-    eye = L.eye_loss(pp, tp, mask)
+    eye = eye_loss(pp, tp, mask)
     manual = sum(((pp[k] - tp[k]) ** 2 * torch.nn.functional.interpolate(mask, size=pp[k].shape[2:])).sum()
                  / (torch.nn.functional.interpolate(mask, size=pp[k].shape[2:]).sum() + 1e-6) for k in pp)
     assert torch.allclose(eye, manual)
-    assert L.mouth_loss(tp, tp, mask) == 0
+    assert mouth_loss(tp, tp, mask) == 0
     total = perc(pred, target) + eye
     total.backward()
     assert pred.grad.abs().sum() > 0
@@ -182,12 +184,12 @@ def test_loss_terms():
 
     d = MultiScaleDiscriminator(scales=[1], block_expansion=8, max_features=16)
     fake, real = d(pp["prediction_1"]), d(target)
-    assert L.lsgan_generator_loss(fake) >= 0 and L.lsgan_discriminator_loss(real, fake) >= 0
-    assert torch.allclose(L.lsgan_generator_loss({"prediction_map_1": torch.ones(1, 1, 2, 2)}), torch.zeros(()))
-    assert L.feature_matching_loss(real, real) == 0 and L.feature_matching_loss(real, fake) > 0
+    assert lsgan_generator_loss(fake) >= 0 and lsgan_discriminator_loss(real, fake) >= 0
+    assert torch.allclose(lsgan_generator_loss({"prediction_map_1": torch.ones(1, 1, 2, 2)}), torch.zeros(()))
+    assert feature_matching_loss(real, real) == 0 and feature_matching_loss(real, fake) > 0
     e = torch.randn(3, 8)
-    assert torch.allclose(L.identity_loss(e, e), torch.zeros(()), atol=1e-6)
-    assert torch.allclose(L.identity_loss(e, -e), torch.full((), 2.0), atol=1e-6)
+    assert torch.allclose(identity_loss(e, e), torch.zeros(()), atol=1e-6)
+    assert torch.allclose(identity_loss(e, -e), torch.full((), 2.0), atol=1e-6)
 
 
 def test_perceptual_pretrained_missing_is_clear(monkeypatch, tmp_path):

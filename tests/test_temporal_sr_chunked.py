@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mp_lightning.chunked import chunk_spans, chunk_weights, chunked_temporal_inference
+from mp_lightning.networks.chunked_inference import chunk_spans, chunk_weights, chunked_temporal_inference
 from mp_lightning.networks.temporal_sr import TemporalSRConfig, TemporalSRGenerator
 
 

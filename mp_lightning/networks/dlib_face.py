@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mp_lightning.optional_imports import INSTALL_HINT
+from mp_lightning.networks.optional_imports import INSTALL_HINT
 
 MODEL_FILES = {
     "shape_predictor": "shape_predictor_5_face_landmarks.dat",

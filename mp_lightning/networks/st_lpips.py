@@ -3,7 +3,7 @@
 stlpips-pytorch ships the trunks and the calibrated linear layers in its wheel, so this is a published,
 learned perceptual metric that works offline (unlike `lpips`, whose trunk torchvision downloads). Values
 are not comparable with LPIPS numbers. Its modules import `IPython` and `torchsummary` without declaring
-them; both are stood in for during the import (`mp_lightning.optional_imports.stand_in_modules`), never installed.
+them; both are stood in for during the import (`mp_lightning.networks.optional_imports.stand_in_modules`), never installed.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mp_lightning.optional_imports import INSTALL_HINT, stand_in_modules
+from mp_lightning.networks.optional_imports import INSTALL_HINT, stand_in_modules
 
 NETS = ("alex", "vgg")
 VARIANT = "shift_tolerant"

@@ -19,8 +19,9 @@ from typing import List, Optional
 import torch
 from omegaconf import OmegaConf
 
-from mp_lightning.equivariance import TransformParams, equivariance_losses
-from mp_lightning.motion import expand_kp, transfer_motion
+from mp_lightning.losses.adversarial import feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
+from mp_lightning.losses.equivariance import TransformParams, equivariance_losses
+from mp_lightning.networks.fomm_motion import expand_kp, transfer_motion
 from mp_lightning.networks.fomm import FOMMNetConfig, KPDetector, OcclusionAwareGenerator, build_fomm_discriminator
 from mp_lightning.stages.base import NonFiniteGrads, Stage, call_frozen, detached, load_init_weights
 
@@ -115,7 +116,7 @@ class FOMMStage(Stage):
 
     def setup(self, stage: str) -> None:
         if self.hp.sync_batchnorm and self.trainer.world_size > 1:
-            from mp_lightning.distributed import sync_batchnorm_
+            from mp_lightning.losses.batch_statistics import sync_batchnorm_
 
             sync_batchnorm_(self.kp_detector, self.trainer.strategy.root_device)
             sync_batchnorm_(self.generator, self.trainer.strategy.root_device)
@@ -202,8 +203,6 @@ class FOMMStage(Stage):
     def generator_losses(self, batch: dict, out: dict, kp_driving: dict, real_maps: dict | None = None) -> dict:
         """Perceptual, equivariance and (vox-adv) GAN + feature-matching terms. The adversarial terms see the
         discriminator through detached weights; `real_maps`: its output on the driving pyramid, if computed."""
-        from mp_lightning import losses as L
-
         w = self.hp.losses
         pyramid = self.perceptual.pyramid
         pred_pyr, target_pyr = pyramid(out["prediction"]), pyramid(batch["driving"])
@@ -218,12 +217,12 @@ class FOMMStage(Stage):
         if w.generator_gan:
             kp_d = {"value": kp_driving["value"].detach()}
             fake = call_frozen(self.discriminator, pred_pyr, kp=kp_d)
-            terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake)
+            terms["gan"] = w.generator_gan * lsgan_generator_loss(fake)
             if sum(w.feature_matching):
                 if real_maps is None:
                     with torch.no_grad():
                         real_maps = self.discriminator(target_pyr, kp=kp_d)
-                terms["feature_matching"] = L.feature_matching_loss(detached(real_maps), fake, list(w.feature_matching))
+                terms["feature_matching"] = feature_matching_loss(detached(real_maps), fake, list(w.feature_matching))
         terms["loss"] = sum(terms.values())
         return terms
 
@@ -240,8 +239,6 @@ class FOMMStage(Stage):
         return sum(v for k, v in terms.items() if k not in ("loss", "gan", "feature_matching"))
 
     def training_step(self, batch: dict, batch_idx: int):
-        from mp_lightning import losses as L
-
         opt = self.optimizers()
         kp_source = self.kp_detector(batch["source"])
         kp_driving = self.kp_detector(batch["driving"])
@@ -255,7 +252,7 @@ class FOMMStage(Stage):
         total = terms["loss"]
         if self.trains_discriminator:
             fake = self.discriminator(pyramid(out["prediction"].detach()), kp=kp_d)
-            terms["discriminator"] = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
+            terms["discriminator"] = self.hp.losses.discriminator_gan * lsgan_discriminator_loss(real, fake)
             total = total + terms["discriminator"]
         # one backward feeds generator, keypoint detector and (vox-adv) discriminator, each with its own terms
         # only (official train.py: G and KP from one backward, then D on the detached prediction); one Adam

@@ -19,6 +19,9 @@ import torch
 
 from mp_lightning.choices import Choice
 from mp_lightning.errors import ConfigError, DataError
+from mp_lightning.losses.adversarial import feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss
+from mp_lightning.losses.identity import identity_loss
+from mp_lightning.losses.regions import eye_loss, mouth_loss
 from mp_lightning.stages.base import call_frozen, detached
 from mp_lightning.stages.warp import MetaPortraitStage, WarpStageConfig
 
@@ -189,8 +192,6 @@ class RefineStage(MetaPortraitStage):
         """The generator's terms. The adversarial ones see the discriminator through detached weights, so their
         gradient reaches the generator only. `real_features`: the discriminator's features of the driving
         frames if already computed (feature matching reuses them)."""
-        from mp_lightning import losses as L
-
         w = self.hp.losses
         pred, target = out["prediction_raw"], batch["driving"]
         pyramid = self.perceptual.pyramid
@@ -200,25 +201,25 @@ class RefineStage(MetaPortraitStage):
             "perceptual": w.perceptual * self.perceptual.forward_pyramids(pred_pyr, target_pyr),
         }
         if w.eye > 0:
-            terms["eye"] = w.eye * L.eye_loss(pred_pyr, target_pyr, batch["eye_mask"])
+            terms["eye"] = w.eye * eye_loss(pred_pyr, target_pyr, batch["eye_mask"])
         if w.mouth > 0:
-            terms["mouth"] = w.mouth * L.mouth_loss(pred_pyr, target_pyr, batch["mouth_mask"])
+            terms["mouth"] = w.mouth * mouth_loss(pred_pyr, target_pyr, batch["mouth_mask"])
         if w.identity > 0:
             reference = out.get("source_embedding")
             if reference is None:
                 with torch.no_grad():
                     reference = self.face_embedder(batch["source"])
-            terms["identity"] = w.identity * L.identity_loss(self.face_embedder(pred), reference)
+            terms["identity"] = w.identity * identity_loss(self.face_embedder(pred), reference)
         if adversarial and (w.generator_gan > 0 or w.feature_matching > 0):
             fake = call_frozen(self.discriminator, pred)
             if w.generator_gan > 0:
-                terms["gan"] = w.generator_gan * L.lsgan_generator_loss(fake)
+                terms["gan"] = w.generator_gan * lsgan_generator_loss(fake)
             if w.feature_matching > 0:
                 if real_features is None:
                     with torch.no_grad():
                         real_features = self.discriminator(target)
                 weights = [w.feature_matching] * self.hp.discriminator.num_blocks
-                terms["feature_matching"] = L.feature_matching_loss(detached(real_features), fake, weights)
+                terms["feature_matching"] = feature_matching_loss(detached(real_features), fake, weights)
         terms["loss"] = sum(terms.values())
         return terms
 
@@ -236,11 +237,9 @@ class RefineStage(MetaPortraitStage):
     def discriminator_losses(self, batch: dict, out: dict, real: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """LSGAN terms of the discriminator on the driving frames (`real`: its output there, if computed) and
         on the detached prediction."""
-        from mp_lightning import losses as L
-
         real = self.discriminator(batch["driving"]) if real is None else real
         fake = self.discriminator(out["prediction_raw"].detach())
-        loss = self.hp.losses.discriminator_gan * L.lsgan_discriminator_loss(real, fake)
+        loss = self.hp.losses.discriminator_gan * lsgan_discriminator_loss(real, fake)
         return {"discriminator": loss}
 
     # --- training -----------------------------------------------------------------------------------

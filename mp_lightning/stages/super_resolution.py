@@ -250,7 +250,7 @@ class SuperResolutionStage(Stage):
         """(T, 3, h, w) in [0, 1] with h = out_size / 2 -> (T, 3, 2h, 2w) in [0, 1], EMA net, overlapping chunks
         of `model.chunk` frames cross-faded over `model.chunk_overlap` frames. Frames stay on the input's device
         between chunks; each chunk runs on the stage's device."""
-        from mp_lightning.chunked import chunked_temporal_inference
+        from mp_lightning.networks.chunked_inference import chunked_temporal_inference
 
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"upscale_clip expects frames (T, 3, h, w), got {tuple(frames.shape)}")
