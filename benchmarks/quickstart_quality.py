@@ -28,7 +28,7 @@ def main() -> int:
 
     from mp_lightning.commands.quickstart import ensure_quickstart_data
     from mp_lightning.config.compose import compose
-    from mp_lightning.reenactment_report import reenact_test_portraits, test_pair_scores
+    from mp_lightning.runs.reenactment_report import reenact_test_portraits, test_pair_scores
     from mp_lightning.stages.base import load_stage
     from mp_lightning.runs.training import run_training
 

@@ -31,7 +31,7 @@ def run(args) -> int:
 
     from mp_lightning.config.compose import compose
     from mp_lightning.io.paths import experiments_dir
-    from mp_lightning.reenactment_report import reenact_test_portraits
+    from mp_lightning.runs.reenactment_report import reenact_test_portraits
     from mp_lightning.stages.base import load_stage
     from mp_lightning.runs.training import run_evaluation, run_training
 
