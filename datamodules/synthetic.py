@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mp_lightning.io.video import write_video
+
 #: GOP length (frames between keyframes) of the written clips. Random access to one frame
 #: decodes from the previous keyframe, so a short GOP bounds the cost of reading 2 frames of a
 #: clip; 8 costs ~25% more bytes than 250 at these sizes (see benchmarks/data_loading.py).
@@ -639,29 +641,6 @@ def render_frame(ident: Identity, motion: ClipMotion, f: int, size: int, backgro
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def encode_mp4(path: str | Path, frames: np.ndarray, gop: int = DEFAULT_GOP, crf: int = DEFAULT_CRF) -> None:
-    """Write ``frames`` (F, H, W, 3) uint8 RGB as H.264 yuv420p, GOP ``gop``, no B-frames."""
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # one thread per clip: deterministic output, and parallelism comes from the clip pool
-        stream.options = {
-            "crf": str(crf),
-            "preset": "veryfast",
-            "threads": "1",
-            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
-        }
-        for arr in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 @dataclass
 class _ClipJob:
     out: str
@@ -707,7 +686,9 @@ def _write_clip(job: _ClipJob) -> str:
     if job.layout == "vox":
         clip_dir = split_dir / job.identity / job.video
         clip_dir.mkdir(parents=True, exist_ok=True)
-        encode_mp4(clip_dir / f"{job.clip}.mp4", frames, job.gop, job.crf)
+        # one thread per clip: deterministic output, and parallelism comes from the clip pool
+        write_video(clip_dir / f"{job.clip}.mp4", frames, fps=FPS, crf=job.crf, gop=job.gop, preset="veryfast",
+                    threads=1, fixed_gop=True)
         np.save(clip_dir / f"{job.clip}.landmarks.npy", lms)
         np.save(clip_dir / f"{job.clip}.semantics.npy", semantics)
         return f"{job.split}/{job.identity}/{job.video}/{job.clip}"

@@ -1,15 +1,28 @@
-"""Writing mp4 files with PyAV (torchvision.io has no video API any more)."""
+"""Reading and writing mp4 files with PyAV (torchvision.io has no video API any more): the one writer of the
+framework, for animations, previews and the synthetic dataset alike.
+
+Torch is not imported here: the synthetic dataset's worker processes write clips without it (a tensor can only
+be passed where torch is already imported).
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-import torch
+
+
+def _is_tensor(value) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.is_tensor(value)
 
 
 def to_uint8_frames(frames) -> np.ndarray:
     """(T, 3, H, W) float in [0, 1] (tensor or array) or (T, H, W, 3) uint8 -> (T, H, W, 3) uint8."""
-    if torch.is_tensor(frames):
+    if _is_tensor(frames):
+        import torch
+
         frames = frames.detach().float().cpu()
         if frames.ndim == 4 and frames.shape[1] == 3:
             frames = frames.permute(0, 2, 3, 1)
@@ -22,8 +35,14 @@ def to_uint8_frames(frames) -> np.ndarray:
     return frames
 
 
-def write_video(path: str | Path, frames, fps: int = 25, crf: int = 18, gop: int = 10) -> Path:
-    """Write H.264 mp4 (yuv420p). A short GOP and no B-frames keep random access cheap for training."""
+def write_video(path: str | Path, frames, fps: int = 25, crf: int = 18, gop: int = 10, *,
+                preset: Optional[str] = None, threads: Optional[int] = None, fixed_gop: bool = False) -> Path:
+    """Write H.264 mp4 (yuv420p). A short GOP and no B-frames keep random access cheap for training.
+
+    `gop` is the longest keyframe interval; `fixed_gop` makes it exact (a keyframe every `gop` frames, no scene
+    cut), as the synthetic dataset wants. `preset` and `threads` are x264's (None: its defaults); one thread
+    gives the same bytes on every machine.
+    """
     import av
 
     frames = to_uint8_frames(frames)
@@ -38,7 +57,16 @@ def write_video(path: str | Path, frames, fps: int = 25, crf: int = 18, gop: int
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "g": str(gop), "bf": "0"}
+        options = {"crf": str(crf)}
+        if preset is not None:
+            options["preset"] = preset
+        if threads is not None:
+            options["threads"] = str(threads)
+        if fixed_gop:
+            options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"
+        else:
+            options.update({"g": str(gop), "bf": "0"})
+        stream.options = options
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
@@ -68,7 +96,7 @@ def write_image(path: str | Path, image) -> Path:
     """Write one (3, H, W) float image in [0, 1] (or (H, W, 3) uint8) as PNG."""
     from PIL import Image
 
-    pixels = to_uint8_frames(image[None] if torch.is_tensor(image) else np.asarray(image)[None])[0]
+    pixels = to_uint8_frames(image[None] if _is_tensor(image) else np.asarray(image)[None])[0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
