@@ -95,36 +95,45 @@ class MappingNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # warping network: AdaIN hourglass
 # ----------------------------------------------------------------------------------------------------
-class ADAINEncoderBlock(nn.Module):
+class AdaINConvs(nn.Module):
+    """What every AdaIN block of PIRender holds: convolutions, an AdaIN of `code` per convolution, one LeakyReLU.
+
+    `convs` maps the official state-dict names to the convolutions, `norms` the AdaINs' names to their
+    channels; they are registered in that order (convs, norms, `actvn`), as the official modules are.
+    """
+
+    def __init__(self, convs: Dict[str, nn.Module], norms: Dict[str, int], feature_nc: int):
+        super().__init__()
+        for name, conv in convs.items():
+            self.add_module(name, conv)
+        for name, nc in norms.items():
+            self.add_module(name, ADAIN(nc, feature_nc))
+        self.actvn = _lrelu()
+
+
+class ADAINEncoderBlock(AdaINConvs):
     """AdaIN -> LReLU -> conv4x4 s2 (`conv_0`), AdaIN -> LReLU -> conv3x3 (`conv_1`). (B, in, H, W) -> (B, out, H/2, W/2)."""
 
     def __init__(self, in_nc: int, out_nc: int, feature_nc: int):
-        super().__init__()
-        self.conv_0 = nn.Conv2d(in_nc, out_nc, kernel_size=4, stride=2, padding=1)
-        self.conv_1 = nn.Conv2d(out_nc, out_nc, kernel_size=3, stride=1, padding=1)
-        self.norm_0 = ADAIN(in_nc, feature_nc)
-        self.norm_1 = ADAIN(out_nc, feature_nc)
-        self.actvn = _lrelu()
+        super().__init__({"conv_0": nn.Conv2d(in_nc, out_nc, kernel_size=4, stride=2, padding=1),
+                          "conv_1": nn.Conv2d(out_nc, out_nc, kernel_size=3, stride=1, padding=1)},
+                         {"norm_0": in_nc, "norm_1": out_nc}, feature_nc)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         x = self.conv_0(self.actvn(self.norm_0(x, code)))
         return self.conv_1(self.actvn(self.norm_1(x, code)))
 
 
-class ADAINDecoderBlock(nn.Module):
+class ADAINDecoderBlock(AdaINConvs):
     """Residual up block. main: AdaIN -> LReLU -> conv3x3 (`conv_0`) -> AdaIN -> LReLU -> ConvT3x3 s2 (`conv_1`);
     shortcut: AdaIN -> LReLU -> ConvT3x3 s2 (`conv_s`). (B, in, H, W) -> (B, out, 2H, 2W)."""
 
     def __init__(self, in_nc: int, out_nc: int, hidden_nc: int, feature_nc: int):
-        super().__init__()
         up = dict(kernel_size=3, stride=2, padding=1, output_padding=1)
-        self.conv_0 = nn.Conv2d(in_nc, hidden_nc, kernel_size=3, stride=1, padding=1)
-        self.conv_1 = nn.ConvTranspose2d(hidden_nc, out_nc, **up)
-        self.conv_s = nn.ConvTranspose2d(in_nc, out_nc, **up)
-        self.norm_0 = ADAIN(in_nc, feature_nc)
-        self.norm_1 = ADAIN(hidden_nc, feature_nc)
-        self.norm_s = ADAIN(in_nc, feature_nc)
-        self.actvn = _lrelu()
+        super().__init__({"conv_0": nn.Conv2d(in_nc, hidden_nc, kernel_size=3, stride=1, padding=1),
+                          "conv_1": nn.ConvTranspose2d(hidden_nc, out_nc, **up),
+                          "conv_s": nn.ConvTranspose2d(in_nc, out_nc, **up)},
+                         {"norm_0": in_nc, "norm_1": hidden_nc, "norm_s": in_nc}, feature_nc)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         shortcut = self.conv_s(self.actvn(self.norm_s(x, code)))
@@ -244,17 +253,14 @@ class FineBlock(nn.Module):
         return self.model(x)
 
 
-class FineADAINResBlock(nn.Module):
+class FineADAINResBlock(AdaINConvs):
     """Residual AdaIN block at constant width. Official (`official=True`): x + norm2(conv2(x)), the
     `conv1`/`norm1` branch computed and discarded; otherwise x + norm2(conv2(LReLU(norm1(conv1(x)))))."""
 
     def __init__(self, nc: int, feature_nc: int, official: bool = True):
-        super().__init__()
-        self.conv1 = nn.Conv2d(nc, nc, kernel_size=3, stride=1, padding=1)
-        self.conv2 = nn.Conv2d(nc, nc, kernel_size=3, stride=1, padding=1)
-        self.norm1 = ADAIN(nc, feature_nc)
-        self.norm2 = ADAIN(nc, feature_nc)
-        self.actvn = _lrelu()
+        super().__init__({"conv1": nn.Conv2d(nc, nc, kernel_size=3, stride=1, padding=1),
+                          "conv2": nn.Conv2d(nc, nc, kernel_size=3, stride=1, padding=1)},
+                         {"norm1": nc, "norm2": nc}, feature_nc)
         self.official = official
         if official:
             # no path from conv1/norm1 to the output: frozen, so no optimizer or DDP bucket waits for them
