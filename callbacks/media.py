@@ -31,6 +31,14 @@ def image_grid(batch: dict, outputs: dict, num_samples: int) -> torch.Tensor:
     return torch.cat(list(rows), dim=1)
 
 
+
+def wandb_logger(loggers):
+    """The W&B logger among `loggers` (a list, one logger or False), or None."""
+    for logger in loggers if isinstance(loggers, (list, tuple)) else [loggers]:
+        if type(logger).__name__ == "WandbLogger":
+            return logger
+    return None
+
 class MediaCallback(L.Callback):
     """Per validation epoch: the sample grid and an animated clip, written to RUN_DIR/media/ and sent to the
     logger that takes media (W&B: image and video, TensorBoard: image), so a run without an online logger
@@ -90,7 +98,6 @@ class MediaCallback(L.Callback):
         source = sample["source"].to(frames.device).expand_as(frames)
         side_by_side = torch.cat([source, driving, frames], dim=3)
         from mp_lightning.io.video import write_video
-        from mp_lightning.runs.training import wandb_logger
 
         path = write_video(self._media_path(trainer, "clip", ".mp4"), side_by_side, fps=self.fps)
         wandb = wandb_logger(trainer.loggers)

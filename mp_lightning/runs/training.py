@@ -131,14 +131,6 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> list | bool:
     return [primary, csv] if cfg.logger.local_csv else [primary]
 
 
-def wandb_logger(loggers):
-    """The W&B logger among `loggers` (a list, one logger or False), or None."""
-    for logger in loggers if isinstance(loggers, (list, tuple)) else [loggers]:
-        if type(logger).__name__ == "WandbLogger":
-            return logger
-    return None
-
-
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -263,6 +255,8 @@ def _log_hyperparameters(loggers, cfg: DictConfig, stage) -> None:
 def finish_logger(loggers) -> None:
     """Close the run's W&B run (called in `finally`: one crashed run must not poison the next one of a sweep
     or an ablation, which share the process)."""
+    from callbacks.media import wandb_logger
+
     if wandb_logger(loggers) is not None:
         import wandb
 
@@ -299,6 +293,7 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     import lightning as L
 
     from callbacks.evaluation import MetricsCallback
+    from callbacks.media import wandb_logger
     from mp_lightning.stages.base import load_stage
 
     if not cfg.ckpt_path:
