@@ -38,14 +38,13 @@ class ProcessGroupBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        channels = x.shape[1]
+        # two passes (global mean, then global squared deviations): E[x^2] - E[x]^2 in float32 loses the variance
+        # of channels whose mean is large against their spread, and the processes then train another model
         xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
-                           xf.new_tensor([x.numel() / channels])])
-        total = all_reduce(local)
-        count = total[-1]
-        mean = total[:channels] / count
-        var = (total[channels:2 * channels] / count - mean * mean).clamp(min=0)
+        count = all_reduce(xf.new_tensor([x.numel() / x.shape[1]]))
+        mean = all_reduce(xf.sum((0, 2, 3))) / count
+        centred = xf - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -53,11 +52,10 @@ class ProcessGroupBatchNorm2d(nn.BatchNorm2d):
                 unbiased = var * (count / (count - 1).clamp(min=1))
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
-        scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
+        normalised = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
-            scale, shift = scale * self.weight, shift * self.weight + self.bias
-        return (xf * scale[None, :, None, None] + shift[None, :, None, None]).to(x.dtype)
+            normalised = normalised * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return normalised.to(x.dtype)
 
 
 def sync_batchnorm_(module: nn.Module, device: torch.device) -> nn.Module:
