@@ -47,7 +47,8 @@ def tiny_overrides(data_root: Path, run_root: Path, *extra: str) -> list[str]:
 
 class BuiltStage:
     """A tiny experiment composed and built as training builds it: `cfg`, `datamodule` (set up for fit),
-    `stage`; `batch(split)` is the first batch of the train or the first validation loader."""
+    `stage`; `batch(split)` is the first batch of the train or the first validation loader; `save(path)` writes
+    the stage (untrained) as a checkpoint that `load_stage` and the commands read."""
 
     def __init__(self, cfg, datamodule, stage):
         self.cfg, self.datamodule, self.stage = cfg, datamodule, stage
@@ -55,6 +56,11 @@ class BuiltStage:
     def batch(self, split: str = "train") -> dict:
         loader = self.datamodule.train_dataloader() if split == "train" else self.datamodule.val_dataloader()[0]
         return next(iter(loader))
+
+    def save(self, path: Path) -> Path:
+        from mp_lightning.stages.base import save_stage_checkpoint
+
+        return save_stage_checkpoint(self.stage, path)
 
 
 @pytest.fixture(scope="session")
