@@ -14,28 +14,31 @@ from mp_lightning.cli import build_parser
 from mp_lightning.commands.flags import add_dataclass_flags, settings_from_args
 from mp_lightning.commands.synth import SynthSettings
 from mp_lightning.preprocess.pipeline import Settings as PreprocessSettings
-from mp_lightning.runs.personalize import PersonalizationRecipe
+from mp_lightning.runs.personalize import PersonalizationRecipe, PersonalizationSettings
 
-# (command line with only the required arguments, its settings dataclass)
+# (command line with only the required arguments, its settings dataclasses)
 COMMANDS = {
-    "preprocess": (["preprocess", "RAW", "OUT"], PreprocessSettings),
-    "synth": (["synth", "OUT"], SynthSettings),
+    "preprocess": (["preprocess", "RAW", "OUT"], [PreprocessSettings]),
+    "synth": (["synth", "OUT"], [SynthSettings]),
     "personalize": (["personalize", "--checkpoint", "c.ckpt", "--video", "v.mp4", "--seconds", "1", "--steps", "2"],
-                    PersonalizationRecipe),
+                    [PersonalizationRecipe, PersonalizationSettings]),
 }
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_defaults_are_the_dataclass_defaults(command):
-    argv, settings_cls = COMMANDS[command]
+SETTINGS = [(command, settings_cls) for command, (_, classes) in COMMANDS.items() for settings_cls in classes]
+SETTINGS_IDS = [f"{command}-{settings_cls.__name__}" for command, settings_cls in SETTINGS]
+
+
+@pytest.mark.parametrize("command, settings_cls", SETTINGS, ids=SETTINGS_IDS)
+def test_defaults_are_the_dataclass_defaults(command, settings_cls):
+    argv = COMMANDS[command][0]
     assert settings_from_args(settings_cls, build_parser().parse_args(argv)) == settings_cls()
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_setting_is_a_flag_with_help(command):
-    argv, settings_cls = COMMANDS[command]
+@pytest.mark.parametrize("command, settings_cls", SETTINGS, ids=SETTINGS_IDS)
+def test_every_setting_is_a_flag_with_help(command, settings_cls):
     parser = build_parser()
-    sub = parser._subparsers._group_actions[0].choices[argv[0]]
+    sub = parser._subparsers._group_actions[0].choices[command]
     by_dest = {a.dest: a for a in sub._actions}
     for f in dataclasses.fields(settings_cls):
         assert f.name in by_dest, f"{command}: no flag for {settings_cls.__name__}.{f.name}"
@@ -58,6 +61,9 @@ def test_flags_users_type_reach_the_settings():
          "--warp-lr-multiplier", "0.5"]))
     assert recipe == PersonalizationRecipe(optimizer="sgd", lr=1e-3, batch_size=2, betas=[0.9, 0.99],
                                            warp_lr_multiplier=0.5)
+    run = settings_from_args(PersonalizationSettings, parse(
+        [*COMMANDS["personalize"][0], "--lpips-pretrained", "false", "--max-eval-frames", "4", "--device", "cpu"]))
+    assert run == PersonalizationSettings(lpips_pretrained=False, max_eval_frames=4, device="cpu")
 
 
 @pytest.mark.parametrize("argv, flag, valid", [

@@ -96,6 +96,23 @@ class Evaluator:
         return values
 
 
+@dataclass
+class PersonalizationSettings:
+    """What `mp-lightning personalize` and the personalization benchmark share besides the recipe: each field is
+    a flag of the one (`mp_lightning.commands.flags`) and a key=value of the other (`BenchmarkConfig`)."""
+
+    max_eval_frames: int = field(default=32, metadata={
+        "help": "held-out frames evaluated, evenly spaced (the benchmark: per identity, over its evaluation clips)"})
+    lpips_pretrained: bool = field(default=True, metadata={
+        "help": "false: random LPIPS trunk (offline smoke runs only; then not LPIPS)"})
+    identity_pretrained: bool = field(default=True, metadata={
+        "help": "false: random face embedder (offline smoke runs only)"})
+    seed: int = field(default=0, metadata={"help": "order of the support pairs"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda when available, else cpu), cpu, cuda, cuda:1, ... (the benchmark under DDP: each "
+                "rank's own GPU)"})
+
+
 OPTIMIZERS = ("adam", "radam", "sgd")
 
 
