@@ -7,7 +7,8 @@ Every subcommand lives in its own module under `mp_lightning/commands/` and expo
     def add_arguments(parser): ...  # argparse arguments
     def run(args) -> int | None: ...
 
-so that a new command is one new file and nothing else changes.
+so that a new command is one new file and nothing else changes. A command whose options are the fields of a
+settings dataclass makes its flags from it (`commands/flags.py`), so each setting is written once.
 """
 from __future__ import annotations
 

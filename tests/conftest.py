@@ -43,3 +43,48 @@ def tiny_overrides(data_root: Path, run_root: Path, *extra: str) -> list[str]:
         "logger.type=none",
         *extra,
     ]
+
+
+class BuiltStage:
+    """A tiny experiment composed and built as training builds it: `cfg`, `datamodule` (set up for fit),
+    `stage`; `batch(split)` is the first batch of the train or the first validation loader; `save(path)` writes
+    the stage (untrained) as a checkpoint that `load_stage` and the commands read."""
+
+    def __init__(self, cfg, datamodule, stage):
+        self.cfg, self.datamodule, self.stage = cfg, datamodule, stage
+
+    def batch(self, split: str = "train") -> dict:
+        loader = self.datamodule.train_dataloader() if split == "train" else self.datamodule.val_dataloader()[0]
+        return next(iter(loader))
+
+    def save(self, path: Path) -> Path:
+        from mp_lightning.stages.base import save_stage_checkpoint
+
+        return save_stage_checkpoint(self.stage, path)
+
+
+@pytest.fixture(scope="session")
+def built_stage(tiny_data):
+    """Factory: `built_stage("metaportrait/warp_tiny.yaml", "key=value", ...)` -> BuiltStage (the experiment
+    relative to experiments/, or a full path).
+
+    The experiment is shrunk with `tiny_overrides` on `data_root` (default: the session's tiny data), runs
+    under `run_root` (default DATA_ROOT/runs). `seed`: torch.manual_seed before anything is built, so the
+    stage's initial weights are the seed's (a batch taken afterwards draws from the generator too).
+    """
+    import torch
+
+    from mp_lightning.config.compose import compose
+    from mp_lightning.runs.training import build_datamodule, build_stage
+
+    def build(experiment: str | Path, *overrides: str, data_root: Path | None = None,
+              run_root: Path | None = None, seed: int | None = None) -> BuiltStage:
+        if seed is not None:
+            torch.manual_seed(seed)
+        root = data_root or tiny_data
+        cfg = compose(EXPERIMENTS / experiment, tiny_overrides(root, run_root or root / "runs", *overrides))
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        return BuiltStage(cfg, datamodule, build_stage(cfg, datamodule))
+
+    return build

@@ -6,24 +6,16 @@ import csv
 import pytest
 
 from mp_lightning.cli import main
-from mp_lightning.config.compose import compose
-from mp_lightning.stages.base import save_stage_checkpoint
-from mp_lightning.runs.training import build_datamodule, build_stage
 from mp_lightning.io.video import read_video
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
-def _checkpoint(experiment, data, tmp_path, name):
-    cfg = compose(experiment, tiny_overrides(data, tmp_path))
-    return save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / f"{name}.ckpt")
-
-
 @pytest.mark.slow
-def test_compare_writes_one_row_per_method_with_every_metric(tiny_data, tmp_path):
+def test_compare_writes_one_row_per_method_with_every_metric(built_stage, tiny_data, tmp_path):
     warp = EXPERIMENTS / "metaportrait" / "warp_tiny.yaml"
     fomm = EXPERIMENTS / "baselines" / "fomm_tiny.yaml"
-    ckpt_w = _checkpoint(warp, tiny_data, tmp_path, "warp")
-    ckpt_f = _checkpoint(fomm, tiny_data, tmp_path, "fomm")
+    ckpt_w = built_stage(warp, run_root=tmp_path).save(tmp_path / "warp.ckpt")
+    ckpt_f = built_stage(fomm, run_root=tmp_path).save(tmp_path / "fomm.ckpt")
     out = tmp_path / "cmp"
     overrides = tiny_overrides(tiny_data, tmp_path)
     assert main(["compare", str(warp), str(ckpt_w), str(fomm), str(ckpt_f), *overrides, "--out", str(out),

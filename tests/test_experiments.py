@@ -2,10 +2,12 @@
 
 Parametrized over the files found on disk, so a new experiment file is tested automatically.
 Official-size files are compose-only (their networks are too big for CPU tests); `*tiny*` files
-also train one batch of train/val/test on the tiny synthetic data.
+also train one batch of train/val/test on the tiny synthetic data (the one fast-dev-run of each: the stage
+test files test what else their stage does).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,6 @@ def test_tiny_experiment_fast_dev_run(path, tiny_data, tmp_path):
     cfg = compose(path, tiny_overrides(tiny_data, tmp_path), [EXPERIMENTS / "debug" / "fast_dev_run.yaml"])
     result = run_training(cfg)
     assert result["global_step"] >= 1
+    run_dir = Path(result["run_dir"])
+    assert run_dir == tmp_path / cfg.name and (run_dir / "config.yaml").is_file()
+    assert json.loads((run_dir / "data_report.json").read_text())

@@ -1,4 +1,4 @@
-"""FOMMStage on the tiny synthetic dataset: fast-dev-run, forward contract, overfitting one batch,
+"""FOMMStage on the tiny synthetic dataset: fast-dev-run with the GAN terms, forward contract, overfitting one batch,
 checkpoint import through the converter, relative/absolute animation."""
 from __future__ import annotations
 
@@ -12,26 +12,22 @@ FAST = EXPERIMENTS / "debug" / "fast_dev_run.yaml"
 TINY = EXPERIMENTS / "baselines" / "fomm_tiny.yaml"
 
 
-@pytest.mark.parametrize("gan", ["0", pytest.param("1", marks=pytest.mark.slow)])
-def test_fast_dev_run(tiny_data, tmp_path, gan):
+@pytest.mark.slow
+def test_fast_dev_run_with_the_gan_terms(tiny_data, tmp_path):
+    """fomm_tiny.yaml as it is (no GAN) is tests/test_experiments.py's fast-dev-run; this one adds the
+    discriminator with keypoint heatmaps, as fomm_vox_adv256.yaml does."""
     from mp_lightning.runs.training import run_training
 
-    extra = ["name=fdr", f"model.losses.generator_gan={gan}", f"model.net.disc_use_kp={'true' if gan == '1' else 'false'}"]
+    extra = ["name=fdr", "model.losses.generator_gan=1", "model.net.disc_use_kp=true"]
     cfg = compose(TINY, tiny_overrides(tiny_data, tmp_path, *extra), [FAST])
     result = run_training(cfg)
     assert result["global_step"] >= 1
 
 
 @pytest.fixture(scope="module")
-def stage_and_batch(tiny_data):
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
-    torch.manual_seed(0)
-    cfg = compose(TINY, tiny_overrides(tiny_data, tiny_data / "runs", "data.augment_flip=false"))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    return build_stage(cfg, dm), batch
+def stage_and_batch(built_stage):
+    built = built_stage("baselines/fomm_tiny.yaml", "data.augment_flip=false", seed=0)
+    return built.stage, built.batch("train")
 
 
 def test_forward_contract(stage_and_batch):

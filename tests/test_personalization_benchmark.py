@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from mp_lightning.errors import ConfigError
 from mp_lightning.runs.personalization_benchmark import (
@@ -17,7 +16,9 @@ from mp_lightning.runs.personalization_benchmark import (
     shard,
     steps_to_reach,
 )
-from tests.conftest import EXPERIMENTS, tiny_overrides
+
+WARP = "metaportrait/warp_tiny.yaml"
+ONE_SCALE = "model.perceptual.scales=[1.0]"
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,6 @@ def two_video_data(tmp_path_factory) -> Path:
     return root
 
 
-def _warp_checkpoint(data: Path, tmp_path: Path, name: str = "init.ckpt") -> Path:
-    from mp_lightning.config.compose import compose
-    from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
-    torch.manual_seed(0)
-    cfg = compose(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml",
-                  tiny_overrides(data, tmp_path, "model.perceptual.scales=[1.0]"))
-    return save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / name)
 
 
 def test_support_and_evaluation_frames_are_disjoint(two_video_data, tiny_data):
@@ -66,8 +58,8 @@ def test_support_longer_than_the_clip_is_refused(tiny_data):
         benchmark_tasks(tiny_data, "test", support_seconds=10.0)
 
 
-def test_identities_must_be_held_out_from_training(tiny_data, tmp_path):
-    ckpt = _warp_checkpoint(tiny_data, tmp_path)  # its config trains on tiny_data/train
+def test_identities_must_be_held_out_from_training(built_stage, tiny_data, tmp_path):
+    ckpt = built_stage(WARP, ONE_SCALE, run_root=tmp_path, seed=0).save(tmp_path / "init.ckpt")  # trains on tiny_data/train
     tasks = benchmark_tasks(tiny_data, "test", support_seconds=0.2)
     check_held_out(ckpt, tasks, tiny_data, "test")  # the test identities are held out
     with pytest.raises(ConfigError, match="held-out split"):
@@ -109,10 +101,10 @@ def test_steps_to_reach():
     assert steps_to_reach(summary, "standard", "meta", "l1") is None
 
 
-def test_benchmark_command_writes_the_summary(two_video_data, tmp_path):
+def test_benchmark_command_writes_the_summary(built_stage, two_video_data, tmp_path):
     from mp_lightning.cli import main
 
-    a = _warp_checkpoint(two_video_data, tmp_path, "a.ckpt")
+    a = built_stage(WARP, ONE_SCALE, data_root=two_video_data, run_root=tmp_path, seed=0).save(tmp_path / "a.ckpt")
     out = tmp_path / "bench"
     code = main(["personalization-benchmark", "--checkpoint", f"random={a}", "--checkpoint", f"same={a}",
                  "--data", str(two_video_data), "--support-seconds", "0.2", "--steps", "0,1,3", "--out", str(out),

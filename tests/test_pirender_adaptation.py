@@ -7,14 +7,11 @@ from mp_lightning.config.compose import compose
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
-def test_personalize_fine_tunes_pirender_on_one_clip(tiny_data, tmp_path):
+def test_personalize_fine_tunes_pirender_on_one_clip(built_stage, tiny_data, tmp_path):
     from mp_lightning.runs.personalize import personalize
     from mp_lightning.stages.base import load_stage
-    from mp_lightning.runs.training import build_datamodule, build_stage
 
-    torch.manual_seed(0)
-    cfg = compose(EXPERIMENTS / "baselines" / "pirender_tiny.yaml", tiny_overrides(tiny_data, tmp_path))
-    stage = build_stage(cfg, build_datamodule(cfg))
+    stage = built_stage("baselines/pirender_tiny.yaml", run_root=tmp_path, seed=0).stage
     before = {k: v.clone() for k, v in stage.generator.state_dict().items()}
     video = sorted((tiny_data / "test").rglob("*.mp4"))[0]
     from mp_lightning.runs.personalize import PersonalizationRecipe

@@ -7,20 +7,12 @@ import json
 import pytest
 
 from mp_lightning.cli import main
-from mp_lightning.config.compose import compose
-from mp_lightning.stages.base import save_stage_checkpoint
-from mp_lightning.runs.training import build_datamodule, build_stage
 from mp_lightning.io.video import read_video
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
-def _checkpoint(experiment, data, tmp_path, name):
-    cfg = compose(experiment, tiny_overrides(data, tmp_path))
-    return save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / f"{name}.ckpt")
-
-
 @pytest.mark.slow
-def test_three_method_compare_writes_table_and_video(tiny_data, tmp_path):
+def test_three_method_compare_writes_table_and_video(built_stage, tiny_data, tmp_path):
     experiments = {
         "warp_tiny": EXPERIMENTS / "metaportrait" / "warp_tiny.yaml",
         "fomm_tiny": EXPERIMENTS / "baselines" / "fomm_tiny.yaml",
@@ -28,7 +20,7 @@ def test_three_method_compare_writes_table_and_video(tiny_data, tmp_path):
     }
     args = []
     for name, exp in experiments.items():
-        args += [str(exp), str(_checkpoint(exp, tiny_data, tmp_path, name))]
+        args += [str(exp), str(built_stage(exp, run_root=tmp_path).save(tmp_path / f"{name}.ckpt"))]
     out = tmp_path / "cmp"
     assert main(["compare", *args, *tiny_overrides(tiny_data, tmp_path), "data.val_max_samples=4", "--out", str(out),
                  "--video-frames", "4", "--wandb", "disabled"]) == 0

@@ -89,14 +89,9 @@ def test_scan_check_names_the_bad_descriptor_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ stage
 @pytest.fixture(scope="module")
-def stage_and_batch(tiny_data, tmp_path_factory):
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
-    torch.manual_seed(0)
-    cfg = _cfg(tiny_data, tmp_path_factory.mktemp("runs"))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    return build_stage(cfg, dm), next(iter(dm.train_dataloader()))
+def stage_and_batch(built_stage, tmp_path_factory):
+    built = built_stage(TINY, run_root=tmp_path_factory.mktemp("runs"), seed=0)
+    return built.stage, built.batch("train")
 
 
 def test_forward_contract(stage_and_batch):
@@ -127,15 +122,13 @@ def test_losses_use_both_directions_and_the_style_term_only_in_the_full_phase(st
     assert full_terms["style"] > 0
 
 
-def test_model_refuses_descriptors_of_another_kind(tiny_data, tmp_path):
-    from mp_lightning.runs.training import build_datamodule, build_stage
+def test_model_refuses_descriptors_of_another_kind(built_stage, tiny_data, tmp_path):
+    from mp_lightning.runs.training import build_stage
 
-    cfg = _cfg(tiny_data, tmp_path, "model.descriptor=deep3dfacerecon")
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    stage = build_stage(cfg, dm).eval()
+    built = built_stage(TINY, "model.descriptor=deep3dfacerecon", run_root=tmp_path)
+    stage, dm = built.stage.eval(), built.datamodule
     with pytest.raises(DataError, match="expects 'deep3dfacerecon'.*'synthetic'"):
-        stage(next(iter(dm.train_dataloader())))
+        stage(built.batch("train"))
     with pytest.raises(DataError, match="data.semantics=true"):
         stage({"source": torch.rand(1, 3, 64, 64)})
     from mp_lightning.errors import ConfigError

@@ -14,17 +14,11 @@ from tests.conftest import EXPERIMENTS, tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def warp_setup(tiny_data, tmp_path_factory):
-    from mp_lightning.config.compose import compose
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
+def warp_setup(built_stage, tmp_path_factory):
     root = tmp_path_factory.mktemp("precision")
-    cfg = compose(EXPERIMENTS / "metaportrait" / "warp_tiny.yaml", tiny_overrides(tiny_data, root))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    samples = [dm.val_dataset[i % len(dm.val_dataset)] for i in range(2)]
-    torch.manual_seed(0)
-    return build_stage(cfg, dm), samples, root
+    built = built_stage("metaportrait/warp_tiny.yaml", run_root=root, seed=0)
+    val = built.datamodule.val_dataset
+    return built.stage, [val[i % len(val)] for i in range(2)], root
 
 
 def _fit(stage, samples, root, steps=1, scaler=None):

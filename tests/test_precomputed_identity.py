@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mp_lightning.config.compose import compose
 from mp_lightning.errors import DataError
-from mp_lightning.runs.training import build_datamodule, build_stage
-from tests.conftest import EXPERIMENTS, tiny_overrides
 
 RANDOM_KIND = "facenet-random-seed0"  # what the tiny configs' random-weight embedder maps into
 
@@ -31,13 +28,9 @@ def _root_with_identities(tiny_data: Path, tmp_path: Path, dim: int, declared: d
     return root
 
 
-def _stage_and_batch(root: Path, *extra: str):
-    cfg = compose(EXPERIMENTS / "metaportrait" / "refine_tiny.yaml", tiny_overrides(root, root / "runs", *extra))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()[0]))
-    torch.manual_seed(0)
-    return build_stage(cfg, dm).eval(), batch
+def _stage_and_batch(built_stage, root: Path, *extra: str):
+    built = built_stage("metaportrait/refine_tiny.yaml", *extra, data_root=root, seed=0)
+    return built.stage.eval(), built.batch("val")
 
 
 class _Calls:
@@ -48,9 +41,9 @@ class _Calls:
         module.register_forward_hook(lambda m, args, out: self.sizes.append(args[0].shape[0]))
 
 
-def test_declared_embeddings_replace_the_per_step_facenet_pass(tiny_data, tmp_path):
+def test_declared_embeddings_replace_the_per_step_facenet_pass(built_stage, tiny_data, tmp_path):
     root = _root_with_identities(tiny_data, tmp_path, 512, {"kind": RANDOM_KIND, "dim": 512})
-    stage, batch = _stage_and_batch(root)
+    stage, batch = _stage_and_batch(built_stage, root)
     assert batch["source_identity_kind"] == [RANDOM_KIND] * batch["source"].shape[0]
     calls = _Calls(stage.face_embedder)
     with torch.no_grad():
@@ -66,7 +59,7 @@ def test_declared_embeddings_replace_the_per_step_facenet_pass(tiny_data, tmp_pa
     assert torch.isfinite(terms["identity"])
 
     # model.identity.reuse_precomputed=false: the source frame is embedded as before
-    stage, batch = _stage_and_batch(root, "model.identity.reuse_precomputed=false")
+    stage, batch = _stage_and_batch(built_stage, root, "model.identity.reuse_precomputed=false")
     calls = _Calls(stage.face_embedder)
     with torch.no_grad():
         stage(batch)
@@ -74,9 +67,9 @@ def test_declared_embeddings_replace_the_per_step_facenet_pass(tiny_data, tmp_pa
 
 
 @pytest.mark.parametrize("declared", [None, {"kind": "facenet-vggface2", "dim": 512}])
-def test_embeddings_of_another_or_undeclared_kind_are_not_used(tiny_data, tmp_path, declared):
+def test_embeddings_of_another_or_undeclared_kind_are_not_used(built_stage, tiny_data, tmp_path, declared):
     root = _root_with_identities(tiny_data, tmp_path, 512, declared)
-    stage, batch = _stage_and_batch(root)
+    stage, batch = _stage_and_batch(built_stage, root)
     calls = _Calls(stage.face_embedder)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -89,22 +82,22 @@ def test_embeddings_of_another_or_undeclared_kind_are_not_used(tiny_data, tmp_pa
     assert len(notes) == 1 and ".identity.npy" in notes[0] and RANDOM_KIND in notes[0]
 
 
-def test_wrong_size_is_an_error_naming_the_file(tiny_data, tmp_path):
+def test_wrong_size_is_an_error_naming_the_file(built_stage, tiny_data, tmp_path):
     # declared 512-d but the files are 256-d (e.g. the official ids copied over): the loader refuses
     root = _root_with_identities(tiny_data, tmp_path, 256, {"kind": RANDOM_KIND, "dim": 512})
     with pytest.raises(DataError, match=r"\.identity\.npy holds a 256-d embedding.*512-d"):
-        _stage_and_batch(root)
+        _stage_and_batch(built_stage, root)
     # a batch claiming the embedder's kind with the wrong size (built by hand) is refused by the stage
     root = _root_with_identities(tiny_data, tmp_path / "b", 512, {"kind": RANDOM_KIND, "dim": 512})
-    stage, batch = _stage_and_batch(root)
+    stage, batch = _stage_and_batch(built_stage, root)
     batch["source_identity"] = batch["source_identity"][:, :256]
     with pytest.raises(DataError, match=r"identity\.npy.*256-d, not 512"):
         stage(batch)
 
 
-def test_precomputed_source_checks_the_size(tiny_data, tmp_path):
+def test_precomputed_source_checks_the_size(built_stage, tiny_data, tmp_path):
     root = _root_with_identities(tiny_data, tmp_path, 512, None)
-    stage, batch = _stage_and_batch(root, "model.identity.source=precomputed", "model.net.identity_dim=256")
+    stage, batch = _stage_and_batch(built_stage, root, "model.identity.source=precomputed", "model.net.identity_dim=256")
     with pytest.raises(DataError, match=r"\.identity\.npy.*512-d but model\.net\.identity_dim is 256"):
         stage(batch)
 

@@ -1,4 +1,5 @@
-"""MetaPortrait stage 3 (temporal super-resolution) on the tiny synthetic dataset: real entry points."""
+"""MetaPortrait stage 3 (temporal super-resolution) on the tiny synthetic dataset: real entry points (its
+fast-dev-runs are tests/test_experiments.py's)."""
 from __future__ import annotations
 
 import time
@@ -6,36 +7,16 @@ import time
 import pytest
 import torch
 
-from mp_lightning.config.compose import compose
-from mp_lightning.runs.training import run_training
-from tests.conftest import EXPERIMENTS, REFERENCE, tiny_overrides
+from tests.conftest import REFERENCE
 
-FAST = EXPERIMENTS / "debug" / "fast_dev_run.yaml"
-SR_TINY = EXPERIMENTS / "metaportrait" / "sr_tiny.yaml"
+SR_TINY = "metaportrait/sr_tiny.yaml"
 GOLDEN = REFERENCE / "golden" / "metaportrait"
 
 
-def _stage_and_data(tiny_data, *extra):
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
-    cfg = compose(SR_TINY, tiny_overrides(tiny_data, tiny_data / "runs", *extra))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    return cfg, build_stage(cfg, dm), dm
-
-
-@pytest.mark.parametrize("experiment", ["sr_tiny.yaml", "sr_tiny_no_temporal.yaml"])
-def test_fast_dev_run(tiny_data, tmp_path, experiment):
-    cfg = compose(EXPERIMENTS / "metaportrait" / experiment, tiny_overrides(tiny_data, tmp_path, "name=fdr"), [FAST])
-    result = run_training(cfg)
-    assert result["global_step"] >= 1
-    assert (tmp_path / "fdr" / "config.yaml").is_file()
-
-
-def test_forward_contract_and_upscale_clip(tiny_data):
-    _, stage, dm = _stage_and_data(tiny_data)
-    stage.eval()
-    batch = next(iter(dm.val_dataloader()[0]))
+def test_forward_contract_and_upscale_clip(built_stage):
+    built = built_stage(SR_TINY)
+    stage = built.stage.eval()
+    batch = built.batch("val")
     b, t, _, h, w = batch["frames"].shape
     with torch.no_grad():
         out = stage(batch)
@@ -53,9 +34,9 @@ def test_forward_contract_and_upscale_clip(tiny_data):
     assert torch.allclose(stage.upscale_clip(clip), whole, atol=1e-5)
 
 
-def test_degradations_change_lq_only_in_training(tiny_data):
-    _, stage, _ = _stage_and_data(tiny_data, "model.degradation.blur_sigma=[1.0,2.0]",
-                                  "model.degradation.noise_std=[0.02,0.05]", "model.degradation.jpeg_quality=[30,50]")
+def test_degradations_change_lq_only_in_training(built_stage):
+    stage = built_stage(SR_TINY, "model.degradation.blur_sigma=[1.0,2.0]", "model.degradation.noise_std=[0.02,0.05]",
+                        "model.degradation.jpeg_quality=[30,50]").stage
     frames = torch.rand(1, 3, 3, 64, 64)
     stage.eval()
     clean = stage.make_lq(frames)
@@ -65,13 +46,14 @@ def test_degradations_change_lq_only_in_training(tiny_data):
     assert dirty.shape == clean.shape and (dirty - clean).abs().mean() > 1e-3
 
 
-def test_validation_scores_the_prediction_and_bicubic_through_the_metric_suite(tiny_data):
+def test_validation_scores_the_prediction_and_bicubic_through_the_metric_suite(built_stage):
     """SR logs no metric itself: its validation output carries bicubic upsampling of the same LQ input as a
     variant, which the suite scores beside the prediction (`val/psnr` and `val/bicubic/psnr`)."""
     from datamodules.degradations import bicubic
     from mp_lightning.metrics.suite import MetricSuite
 
-    _, stage, dm = _stage_and_data(tiny_data, "model.bicubic_skip=false")  # else the untrained stage IS bicubic
+    built = built_stage(SR_TINY, "model.bicubic_skip=false")  # else the untrained stage IS bicubic
+    stage, dm = built.stage, built.datamodule
     stage.eval()
     batch = next(iter(dm.val_dataloader()[0]))
     with torch.no_grad():
@@ -87,8 +69,8 @@ def test_validation_scores_the_prediction_and_bicubic_through_the_metric_suite(t
     assert scores["sr"]["psnr"] != scores["bicubic"]["psnr"]
 
 
-def test_ema_tracks_the_generator_and_is_used_for_validation(tiny_data):
-    _, stage, _ = _stage_and_data(tiny_data, "model.ema_warmup=false", "model.ema_decay=0.5")
+def test_ema_tracks_the_generator_and_is_used_for_validation(built_stage):
+    stage = built_stage(SR_TINY, "model.ema_warmup=false", "model.ema_decay=0.5").stage
     with torch.no_grad():
         for p in stage.generator.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -106,7 +88,7 @@ def test_ema_tracks_the_generator_and_is_used_for_validation(tiny_data):
 
 
 @pytest.mark.slow
-def test_tiny_sr_beats_bicubic_after_short_cpu_training(tiny_data):
+def test_tiny_sr_beats_bicubic_after_short_cpu_training(built_stage):
     """A short CPU training (L1 only, to stay fast) must beat bicubic upsampling in PSNR on validation windows.
 
     sr_tiny predicts a residual over bicubic that starts at zero, so the check is that training improves on
@@ -117,10 +99,10 @@ def test_tiny_sr_beats_bicubic_after_short_cpu_training(tiny_data):
     from datamodules.degradations import bicubic
     from mp_lightning.metrics.pixel import PSNR
 
-    torch.manual_seed(0)
-    _, stage, dm = _stage_and_data(tiny_data, "model.losses.perceptual=0", "model.losses.style=0", "model.losses.l1=1", "model.ema_decay=0.0",
-                                   "model.degradation.blur_sigma=[1.5,1.5]", "model.degradation.on_validation=true",
-                                   "data.augment_flip=false")
+    built = built_stage(SR_TINY, "model.losses.perceptual=0", "model.losses.style=0", "model.losses.l1=1",
+                        "model.ema_decay=0.0", "model.degradation.blur_sigma=[1.5,1.5]",
+                        "model.degradation.on_validation=true", "data.augment_flip=false", seed=0)
+    stage, dm = built.stage, built.datamodule
     train = [b["frames"] for _, b in zip(range(4), dm.train_dataloader())]
     val = [b["frames"] for b in dm.val_dataloader()[0]]
     opt = torch.optim.Adam([p for p in stage.generator.parameters() if p.requires_grad], lr=5e-4, betas=(0.9, 0.99))

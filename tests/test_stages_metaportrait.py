@@ -1,35 +1,18 @@
-"""MetaPortrait warp and refinement stages on the tiny synthetic dataset (real entry points)."""
+"""MetaPortrait warp and refinement stages on the tiny synthetic dataset (real entry points; their fast-dev-runs
+are tests/test_experiments.py's)."""
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
 from mp_lightning.config.compose import compose
-from mp_lightning.runs.training import run_training
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
-FAST = EXPERIMENTS / "debug" / "fast_dev_run.yaml"
 
-
-@pytest.mark.parametrize("experiment", ["warp_tiny.yaml", "refine_tiny.yaml"])
-def test_fast_dev_run(tiny_data, tmp_path, experiment):
-    cfg = compose(EXPERIMENTS / "metaportrait" / experiment, tiny_overrides(tiny_data, tmp_path, "name=fdr"), [FAST])
-    result = run_training(cfg)
-    assert result["global_step"] >= 1
-    assert (tmp_path / "fdr" / "config.yaml").is_file()
-    assert json.loads((tmp_path / "fdr" / "data_report.json").read_text())
-
-
-def test_forward_contract(tiny_data):
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
-    cfg = compose(EXPERIMENTS / "metaportrait" / "refine_tiny.yaml", tiny_overrides(tiny_data, tiny_data / "runs"))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()[0]))
-    stage = build_stage(cfg, dm).eval()
+def test_forward_contract(built_stage):
+    built = built_stage("metaportrait/refine_tiny.yaml")
+    batch = built.batch("val")
+    stage = built.stage.eval()
     with torch.no_grad():
         out = stage(batch)
     b, _, h, w = batch["source"].shape

@@ -76,14 +76,8 @@ def test_wandb_offline_run_holds_metrics_and_media_and_resume_keeps_the_run_id(t
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
 
 
-def test_eval_writes_metrics_json_with_every_metric(tiny_data, tmp_path):
-    from mp_lightning.config.compose import compose
-    from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.runs.training import build_datamodule, build_stage
-
-    cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "name=ev"))
-    stage = build_stage(cfg, build_datamodule(cfg))
-    ckpt = save_stage_checkpoint(stage, tmp_path / "w.ckpt")
+def test_eval_writes_metrics_json_with_every_metric(built_stage, tiny_data, tmp_path):
+    ckpt = built_stage(WARP_TINY, "name=ev", run_root=tmp_path).save(tmp_path / "w.ckpt")
     assert main(["eval", str(WARP_TINY), *tiny_overrides(tiny_data, tmp_path, "name=ev", f"ckpt_path={ckpt}")]) == 0
     metrics = json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())["metrics"]
     for key in ("test/lpips_random", "test/psnr", "test/ssim", "test/l1", "test/id_similarity_random", "test/aed_random",
@@ -92,14 +86,10 @@ def test_eval_writes_metrics_json_with_every_metric(tiny_data, tmp_path):
     assert (tmp_path / "ev" / "eval" / "metrics.md").read_text().count("|") > 10
 
 
-def test_animate_writes_a_playable_mp4_with_the_right_frame_count(tiny_data, tmp_path):
-    from mp_lightning.config.compose import compose
-    from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.runs.training import build_datamodule, build_stage
+def test_animate_writes_a_playable_mp4_with_the_right_frame_count(built_stage, tiny_data, tmp_path):
     from mp_lightning.io.video import read_video
 
-    cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path))
-    ckpt = save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / "w.ckpt")
+    ckpt = built_stage(WARP_TINY, run_root=tmp_path).save(tmp_path / "w.ckpt")
     clips = sorted((tiny_data / "test").rglob("*.mp4"))
     out = tmp_path / "anim.mp4"
     assert main(["animate", "--checkpoint", str(ckpt), "--source", str(clips[0]), "--driving", str(clips[1]),
@@ -108,17 +98,13 @@ def test_animate_writes_a_playable_mp4_with_the_right_frame_count(tiny_data, tmp
     assert frames.shape == (len(read_video(clips[1])), 64, 3 * 64, 3)
 
 
-def test_animate_with_super_resolution_writes_2x_video(tiny_data, tmp_path):
+def test_animate_with_super_resolution_writes_2x_video(built_stage, tiny_data, tmp_path):
     """Base model at 32 px, then the temporal SR stage over windows: the written video is 64 px."""
-    from mp_lightning.config.compose import compose
-    from mp_lightning.stages.base import save_stage_checkpoint
-    from mp_lightning.runs.training import build_datamodule, build_stage
     from mp_lightning.io.video import read_video
 
-    base_cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "data.image_size=32", "model.net.image_size=32"))
-    base = save_stage_checkpoint(build_stage(base_cfg, build_datamodule(base_cfg)), tmp_path / "base.ckpt")
-    sr_cfg = compose(EXPERIMENTS / "metaportrait" / "sr_tiny.yaml", tiny_overrides(tiny_data, tmp_path))
-    sr = save_stage_checkpoint(build_stage(sr_cfg, build_datamodule(sr_cfg)), tmp_path / "sr.ckpt")
+    base = built_stage(WARP_TINY, "data.image_size=32", "model.net.image_size=32", run_root=tmp_path).save(
+        tmp_path / "base.ckpt")
+    sr = built_stage("metaportrait/sr_tiny.yaml", run_root=tmp_path).save(tmp_path / "sr.ckpt")
     clips = sorted((tiny_data / "test").rglob("*.mp4"))
     out = tmp_path / "anim_sr.mp4"
     assert main(["animate", "--checkpoint", str(base), "--sr-checkpoint", str(sr), "--source", str(clips[0]),
@@ -126,18 +112,14 @@ def test_animate_with_super_resolution_writes_2x_video(tiny_data, tmp_path):
     assert read_video(out).shape == (6, 64, 64, 3)
 
 
-def test_a_checkpoint_evaluates_after_its_init_file_is_deleted(tiny_data, tmp_path):
+def test_a_checkpoint_evaluates_after_its_init_file_is_deleted(built_stage, tiny_data, tmp_path):
     """`load_stage` restores from the checkpoint alone: `model.init_from` is where training started, not a
     file the checkpoint needs (a refine run started from a warp checkpoint, a meta run from a stage-2 one)."""
-    from mp_lightning.config.compose import compose
-    from mp_lightning.stages.base import load_stage, save_stage_checkpoint
-    from mp_lightning.runs.training import build_datamodule, build_stage
+    from mp_lightning.stages.base import load_stage
 
     refine = EXPERIMENTS / "metaportrait" / "refine_tiny.yaml"
-    warp_cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path))
-    warp_ckpt = save_stage_checkpoint(build_stage(warp_cfg, build_datamodule(warp_cfg)), tmp_path / "warp.ckpt")
-    cfg = compose(refine, tiny_overrides(tiny_data, tmp_path, f"model.init_from={warp_ckpt}"))
-    refine_ckpt = save_stage_checkpoint(build_stage(cfg, build_datamodule(cfg)), tmp_path / "refine.ckpt")
+    warp_ckpt = built_stage(WARP_TINY, run_root=tmp_path).save(tmp_path / "warp.ckpt")
+    refine_ckpt = built_stage(refine, f"model.init_from={warp_ckpt}", run_root=tmp_path).save(tmp_path / "refine.ckpt")
     warp_ckpt.unlink()
     stage = load_stage(refine_ckpt)
     assert stage.hparams["config"]["model"]["init_from"] == str(warp_ckpt)  # provenance kept

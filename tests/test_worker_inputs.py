@@ -14,13 +14,7 @@ from mp_lightning.landmarks import DERIVED_KEYS
 from mp_lightning.runs.training import build_datamodule, build_stage, connect_stage_and_data
 from tests.conftest import EXPERIMENTS, tiny_overrides
 
-
-def _setup(tiny_data, experiment: str, *extra: str):
-    cfg = compose(EXPERIMENTS / "metaportrait" / experiment,
-                  tiny_overrides(tiny_data, tiny_data / "runs", "data.batch_size=3", *extra))
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    return dm, build_stage(cfg, dm)
+BATCH_OF_3 = "data.batch_size=3"
 
 
 def _assert_same(drawn: dict, reference: dict) -> None:
@@ -30,8 +24,9 @@ def _assert_same(drawn: dict, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("mode", ["pairs", "cross_identity", "windows"])
-def test_worker_drawings_equal_prepare(tiny_data, mode):
-    dm, stage = _setup(tiny_data, "warp_tiny.yaml", f"data.mode={mode}", "data.augment_flip=true")
+def test_worker_drawings_equal_prepare(built_stage, mode):
+    built = built_stage("metaportrait/warp_tiny.yaml", BATCH_OF_3, f"data.mode={mode}", "data.augment_flip=true")
+    dm, stage = built.datamodule, built.stage
     plain = next(iter(dm.val_dataloader()[0]))
     assert not set(DERIVED_KEYS) & set(plain)
     connect_stage_and_data(stage, dm)
@@ -48,14 +43,15 @@ def test_worker_drawings_equal_prepare(tiny_data, mode):
     _assert_same(default_collate([transform(dict(it)) for it in items]), stage.prepare(default_collate(items)))
 
 
-def test_identity_task_drawings_equal_prepare(tiny_data):
+def test_identity_task_drawings_equal_prepare(built_stage):
     """The meta stage's identity_tasks batches: each task's support/query pairs (`task_pairs`) carry the
     same drawings prepare() would make for them."""
     from datamodules import task_pairs
     from mp_lightning.batch import tasks_as_pairs
 
-    dm, meta = _setup(tiny_data, "meta_warp_tiny.yaml", "data.mode=identity_tasks", "data.support_frames=2",
-                      "data.query_frames=3", "data.batch_size=2")
+    built = built_stage("metaportrait/meta_warp_tiny.yaml", BATCH_OF_3, "data.mode=identity_tasks",
+                        "data.support_frames=2", "data.query_frames=3", "data.batch_size=2")
+    dm, meta = built.datamodule, built.stage
     plain = next(iter(dm.val_dataloader()[0]))
     connect_stage_and_data(meta, dm)
     drawn = next(iter(dm.val_dataloader()[0]))
@@ -69,8 +65,9 @@ def test_identity_task_drawings_equal_prepare(tiny_data):
         _assert_same(tasks_as_pairs(drawn, split), inner.prepare(tasks_as_pairs(plain, split)))
 
 
-def test_transform_runs_in_workers_and_pickles(tiny_data):
-    dm, stage = _setup(tiny_data, "refine_tiny.yaml", "data.num_workers=1")
+def test_transform_runs_in_workers_and_pickles(built_stage):
+    built = built_stage("metaportrait/refine_tiny.yaml", BATCH_OF_3, "data.num_workers=1")
+    dm, stage = built.datamodule, built.stage
     transform = stage.sample_transform()
     clone = pickle.loads(pickle.dumps(transform))  # spawn-started workers receive it pickled
     connect_stage_and_data(stage, dm)
@@ -89,8 +86,8 @@ def test_transform_runs_in_workers_and_pickles(tiny_data):
     _assert_same(default_collate([clone(dict(item))]), default_collate([transform(dict(item))]))
 
 
-def test_transform_refuses_another_landmark_set(tiny_data):
-    _, stage = _setup(tiny_data, "warp_tiny.yaml")
+def test_transform_refuses_another_landmark_set(built_stage):
+    stage = built_stage("metaportrait/warp_tiny.yaml", BATCH_OF_3).stage
     k = stage.landmark_spec.num_points
     item = {"source": torch.zeros(3, 64, 64), "source_landmarks": torch.rand(k + 1, 2), "driving_landmarks": torch.rand(k + 1, 2)}
     with pytest.raises(DataError, match="source_landmarks.*points per frame"):

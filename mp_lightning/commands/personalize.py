@@ -6,6 +6,9 @@ HELP = "fine-tune a checkpoint on the first seconds of one person's clip and plo
 
 
 def add_arguments(parser) -> None:
+    from mp_lightning.commands.flags import add_dataclass_flags
+    from mp_lightning.runs.personalize import PersonalizationRecipe, PersonalizationSettings
+
     parser.add_argument("--checkpoint", required=True, help="any mp-lightning stage checkpoint (a meta one: its inner stage)")
     parser.add_argument("--video", required=True, help="the person's clip (.mp4) with <clip>.landmarks.npy beside it")
     parser.add_argument("--seconds", type=float, required=True, help="train on this many seconds from the start")
@@ -13,18 +16,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-every", type=int, default=None,
                         help="also evaluate every N steps (always at 0, 1, 2, 5, 10, 20, 50, ... and K)")
     parser.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/personalized_<video>)")
-    parser.add_argument("--optimizer", default=None, choices=("adam", "radam", "sgd"),
-                        help="default: PersonalizationRecipe's (mp_lightning/personalize.py, chosen by measurement)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    parser.add_argument("--warp-lr-multiplier", type=float, default=None, help="warping-network lr x this (refine stage)")
-    parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the recipe's)")
-    parser.add_argument("--max-eval-frames", type=int, default=32, help="held-out frames evaluated (evenly spaced)")
-    parser.add_argument("--lpips-pretrained", default="true", choices=("true", "false"),
-                        help="false: random LPIPS trunk (offline smoke runs only, not LPIPS)")
-    parser.add_argument("--identity-pretrained", default="true", choices=("true", "false"),
-                        help="false: random face embedder (offline smoke runs only)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--seed", type=int, default=0)
+    add_dataclass_flags(parser.add_argument_group("recipe (PersonalizationRecipe, chosen by measurement)"),
+                        PersonalizationRecipe)
+    add_dataclass_flags(parser, PersonalizationSettings)
     parser.add_argument("--source-identity", default=None,
                         help="precomputed identity (.npy) for checkpoints that condition on one (the official weights); "
                              "default: VIDEO.identity.npy beside the clip when present")
@@ -35,23 +29,21 @@ def run(args) -> int:
 
     from pathlib import Path
 
+    from mp_lightning.commands.flags import settings_from_args
     from mp_lightning.errors import UserFacingError
-    from mp_lightning.runs.personalize import PersonalizationRecipe, personalize
+    from mp_lightning.runs.personalize import PersonalizationRecipe, PersonalizationSettings, personalize
     from mp_lightning.stages.base import load_stage
 
     if args.steps < 0:
         raise UserFacingError("--steps must be >= 0")
-    stage = load_stage(args.checkpoint, map_location=resolve_device(args.device), eval_mode=False).unwrapped()
+    settings = settings_from_args(PersonalizationSettings, args)
+    stage = load_stage(args.checkpoint, map_location=resolve_device(settings.device), eval_mode=False).unwrapped()
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"personalized_{Path(args.video).stem}"
-    recipe = PersonalizationRecipe()
-    for key in ("optimizer", "lr", "warp_lr_multiplier", "batch_size"):
-        if getattr(args, key) is not None:
-            setattr(recipe, key, getattr(args, key))
     curve = personalize(
-        stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every, recipe=recipe,
-        max_eval_frames=args.max_eval_frames,
-        lpips_pretrained=args.lpips_pretrained == "true", identity_pretrained=args.identity_pretrained == "true",
-        seed=args.seed, source_identity=args.source_identity,
+        stage, args.video, args.seconds, args.steps, out, eval_every=args.eval_every,
+        recipe=settings_from_args(PersonalizationRecipe, args), max_eval_frames=settings.max_eval_frames,
+        lpips_pretrained=settings.lpips_pretrained, identity_pretrained=settings.identity_pretrained,
+        seed=settings.seed, source_identity=args.source_identity,
     )
     first = {k: round(v[0], 4) for k, v in curve["metrics"].items()}
     last = {k: round(v[-1], 4) for k, v in curve["metrics"].items()}

@@ -1,49 +1,53 @@
 """`mp-lightning synth OUT ...`: write a synthetic VoxCeleb-style dataset (H.264 clips + landmarks)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 NAME = "synth"
 HELP = "write a synthetic VoxCeleb-style dataset: H.264 talking-head clips with exact dense landmarks"
 
 
+@dataclass
+class SynthSettings:
+    """The arguments of `datamodules.write_synthetic_dataset` the command takes, with the command's defaults
+    (a bigger dataset than the function's test-sized ones)."""
+
+    identities: int = field(default=20, metadata={"help": "number of people"})
+    videos_per_identity: int = field(default=2, metadata={"help": "videos per person"})
+    clips_per_video: int = field(default=2, metadata={"help": "clips per video"})
+    frames: int = field(default=64, metadata={"help": "frames per clip"})
+    size: int = field(default=128, metadata={"help": "frame width = height in pixels, even"})
+    seed: int = field(default=0, metadata={"help": "random seed; same seed, same data"})
+    layout: str = field(default="vox", metadata={
+        "choices": ("vox", "vox-png"),
+        "help": "vox: <split>/<id>/<video>/<clip>.mp4; vox-png: FOMM's <split>/<id>#<video>#<clip>/<frame>.png"})
+    test_fraction: float = field(default=0.2, metadata={"help": "fraction of identities in test/"})
+    workers: Optional[int] = field(default=None, metadata={"help": "parallel processes (default: one per CPU)"})
+    personal_details: bool = field(default=False, metadata={
+        "help": "people carry teeth, a side mark and an earring that a frontal, closed-mouth first frame hides "
+                "(for the personalization benchmark)"})
+    gop: Optional[int] = field(default=None, metadata={
+        "help": "keyframe interval of the mp4 clips (default: the writer's, 8)"})
+
+
 def add_arguments(parser) -> None:
+    from mp_lightning.commands.flags import add_dataclass_flags
+
     parser.add_argument("out", help="output folder (created); gets {train,test}/ and landmarks.json")
-    parser.add_argument("--identities", type=int, default=20, help="number of people (default 20)")
-    parser.add_argument("--videos-per-identity", type=int, default=2, help="videos per person (default 2)")
-    parser.add_argument("--clips-per-video", type=int, default=2, help="clips per video (default 2)")
-    parser.add_argument("--frames", type=int, default=64, help="frames per clip (default 64)")
-    parser.add_argument("--size", type=int, default=128, help="frame width = height in pixels, even (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data (default 0)")
-    parser.add_argument(
-        "--layout",
-        choices=("vox", "vox-png"),
-        default="vox",
-        help="vox: <split>/<id>/<video>/<clip>.mp4; vox-png: FOMM's <split>/<id>#<video>#<clip>/<frame>.png",
-    )
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="fraction of identities in test/ (default 0.2)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per CPU)")
-    parser.add_argument("--personal-details", action="store_true",
-                        help="people carry teeth, a side mark and an earring that a frontal, closed-mouth first frame "
-                             "hides (for the personalization benchmark)")
-    parser.add_argument("--gop", type=int, default=None, help="keyframe interval of the mp4 clips (default 8)")
+    add_dataclass_flags(parser, SynthSettings)
 
 
 def run(args) -> int:
-    from datamodules.synthetic import DEFAULT_GOP, write_synthetic_dataset
+    from dataclasses import asdict
 
-    summary = write_synthetic_dataset(
-        args.out,
-        identities=args.identities,
-        videos_per_identity=args.videos_per_identity,
-        clips_per_video=args.clips_per_video,
-        frames=args.frames,
-        size=args.size,
-        seed=args.seed,
-        layout=args.layout,
-        test_fraction=args.test_fraction,
-        workers=args.workers,
-        gop=args.gop or DEFAULT_GOP,
-        personal_details=args.personal_details,
-    )
+    from datamodules.synthetic import write_synthetic_dataset
+    from mp_lightning.commands.flags import settings_from_args
+
+    settings = asdict(settings_from_args(SynthSettings, args))
+    if not settings["gop"]:  # None (and 0, as before): the writer's keyframe interval
+        del settings["gop"]
+    summary = write_synthetic_dataset(args.out, **settings)
     print(
         f"wrote {len(summary['clips'])} clips ({summary['train_identities']} train / {summary['test_identities']} test"
         f" identities, {summary['num_points']} landmarks) to {summary['root']} in {summary['seconds']:.1f} s"

@@ -42,6 +42,7 @@ from mp_lightning.errors import DataError, MissingWeightsError, UserFacingError
 from mp_lightning.io.video import video_fps
 from mp_lightning.preprocess import tracking
 from mp_lightning.preprocess.landmark_sources import (
+    SOURCES,
     LandmarkSource,
     PrecomputedLandmarks,
     fill_missing,
@@ -55,23 +56,45 @@ CLIP_CRF = 18
 MARKER_DIR = ".preprocess"
 REPORT_NAME = "preprocess_report.json"
 EMBED_FRAMES = 8  # frames averaged into a clip's identity embedding
+LANDMARK_CHOICES = SOURCES + ("precomputed",)
 
 
 @dataclass
 class Settings:
-    """Everything that changes the output; a finished video is redone when any of these differ."""
+    """Everything that changes the output; a finished video is redone when any of these differ.
 
-    size: int = 256
-    landmarks: str = "mediapipe"  # see landmark_sources.SOURCES, or "precomputed"
-    smooth: str = "none"  # none | savgol | one_euro
-    min_frames: int = 64  # FOMM's minimum tube length
-    max_frames: int = 1024  # FOMM's maximum tube length; clips are held in memory while written
-    every: int = 5  # MTCNN on every n-th frame, boxes interpolated in between
-    detect_size: int = 480  # MTCNN input: longer side downscaled to this
-    min_face: int = 32  # median MTCNN box side in pixels of the raw frame
-    max_missing: float = 0.2  # largest share of a clip's frames without landmarks
-    enlarge: float = tracking.ENLARGE
-    test_fraction: float = 0.1
+    Each field is also a flag of `mp-lightning preprocess` (`mp_lightning.commands.flags`).
+    """
+
+    size: int = field(default=256, metadata={"help": "crop size in pixels, even"})
+    landmarks: str = field(default="mediapipe", metadata={
+        "choices": LANDMARK_CHOICES,
+        "help": "mediapipe: 478-point FaceMesh with irises; mediapipe468; mediapipe68: sparse iBUG-68 subset; "
+                "mediapipe-tessellation: 478 points drawn as the full mesh; precomputed: <video>.landmarks.npy "
+                "beside each raw video, (F, K, 2) in [0, 1] of the raw frame (with RAW/landmarks.json, else the "
+                "official 669 preset); none: no landmarks"})
+    smooth: str = field(default="none", metadata={
+        "flag": "--smooth-landmarks", "choices": ("none", "savgol", "one_euro"), "const": "savgol",
+        "help": "temporal smoothing of the landmarks (flag alone: savgol)"})
+    # FOMM's minimum tube length
+    min_frames: int = field(default=64, metadata={"help": "drop face tracks shorter than this"})
+    # FOMM's maximum tube length; clips are held in memory while written
+    max_frames: int = field(default=1024, metadata={
+        "help": "cut longer tracks into clips of at most this many frames"})
+    # MTCNN on every n-th frame, boxes interpolated in between
+    every: int = field(default=5, metadata={
+        "help": "run the face detector on every n-th frame, interpolate between"})
+    detect_size: int = field(default=480, metadata={
+        "help": "downscale frames to this longer side for face detection"})
+    # median MTCNN box side in pixels of the raw frame
+    min_face: int = field(default=32, metadata={
+        "help": "drop faces smaller than this many pixels in the raw video"})
+    max_missing: float = field(default=0.2, metadata={
+        "help": "drop clips with landmarks missing on more than this share of frames"})
+    enlarge: float = field(default=tracking.ENLARGE, metadata={
+        "help": "crop side = the side of the union of a track's face boxes + (this - 1) x the median face box side"})
+    test_fraction: float = field(default=0.1, metadata={
+        "help": "share of identities put in test/, by a hash of the name"})
 
     def key(self) -> dict:
         return asdict(self)

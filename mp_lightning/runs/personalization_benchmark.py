@@ -30,7 +30,13 @@ import torch
 from omegaconf import OmegaConf
 
 from mp_lightning.errors import ConfigError, DataError
-from mp_lightning.runs.personalize import Evaluator, PersonalizationRecipe, fine_tune_curve, load_clip
+from mp_lightning.runs.personalize import (
+    Evaluator,
+    PersonalizationRecipe,
+    PersonalizationSettings,
+    fine_tune_curve,
+    load_clip,
+)
 
 METRICS = ("lpips", "l1", "psnr", "id_similarity")
 HIGHER_IS_BETTER = {"lpips": False, "l1": False, "psnr": True, "id_similarity": True}
@@ -39,16 +45,12 @@ DEFAULT_STEPS = (0, 1, 2, 5, 10, 20, 50)
 
 
 @dataclass
-class BenchmarkConfig:
-    """`key=value` settings of `mp-lightning personalization-benchmark` (besides its flags)."""
+class BenchmarkConfig(PersonalizationSettings):
+    """`key=value` settings of `mp-lightning personalization-benchmark` (besides its flags): those it shares with
+    `mp-lightning personalize` (max_eval_frames, lpips_pretrained, identity_pretrained, seed, device) and these."""
 
     recipe: PersonalizationRecipe = field(default_factory=PersonalizationRecipe)
-    max_eval_frames: int = 32  # evaluation frames per identity, evenly spaced over its evaluation clips
-    lpips_pretrained: bool = True  # false: random LPIPS trunk (offline smoke runs; then not LPIPS)
-    identity_pretrained: bool = True  # false: random face embedder (offline smoke runs)
     reference: Optional[str] = None  # summary.md: steps each method needs to reach this one's last-step value
-    seed: int = 0  # order of the support pairs
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under DDP: each rank's own GPU)
     wandb: str = "offline"  # offline | online | disabled
     eval_batch_size: int = 8
 

@@ -99,6 +99,26 @@ class Evaluator:
 
 
 @dataclass
+class PersonalizationSettings:
+    """What `mp-lightning personalize` and the personalization benchmark share besides the recipe: each field is
+    a flag of the one (`mp_lightning.commands.flags`) and a key=value of the other (`BenchmarkConfig`)."""
+
+    max_eval_frames: int = field(default=32, metadata={
+        "help": "held-out frames evaluated, evenly spaced (the benchmark: per identity, over its evaluation clips)"})
+    lpips_pretrained: bool = field(default=True, metadata={
+        "help": "false: random LPIPS trunk (offline smoke runs only; then not LPIPS)"})
+    identity_pretrained: bool = field(default=True, metadata={
+        "help": "false: random face embedder (offline smoke runs only)"})
+    seed: int = field(default=0, metadata={"help": "order of the support pairs"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda when available, else cpu), cpu, cuda, cuda:1, ... (the benchmark under DDP: each "
+                "rank's own GPU)"})
+
+
+OPTIMIZERS = ("adam", "radam", "sgd")
+
+
+@dataclass
 class PersonalizationRecipe:
     """How a checkpoint is fine-tuned on one person (`mp-lightning personalize`, the personalization benchmark).
 
@@ -115,16 +135,16 @@ class PersonalizationRecipe:
     # while 1e-4 does not (issue 14's recipe grid), but personalization starts from a trained model.
     # Reproduce: mp-lightning personalization-benchmark --checkpoint start=CKPT --data D --identities 2
     #   --support-seconds 0.4 --steps 0,1,2,3,5,10 --out O recipe.lr=LR max_eval_frames=8
-    optimizer: str = "adam"  # adam | radam | sgd
-    lr: float = 2e-4
-    betas: List[float] = field(default_factory=lambda: [0.5, 0.999])  # adam / radam
-    momentum: float = 0.9  # sgd
-    warp_lr_multiplier: float = 0.1  # warping-network lr = lr x this (refine stage; official inner_warplr_tune)
-    grad_clip: float = 0.3  # gradient norm clip; 0 = off
-    batch_size: int = 4  # pairs per step
-
-
-OPTIMIZERS = ("adam", "radam", "sgd")
+    # Each field is also a flag of `mp-lightning personalize` (`mp_lightning.commands.flags`).
+    optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS, "help": "fine-tuning optimizer"})
+    lr: float = field(default=2e-4, metadata={"help": "learning rate"})
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.999], metadata={"help": "adam / radam betas"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd momentum"})
+    # official inner_warplr_tune
+    warp_lr_multiplier: float = field(default=0.1, metadata={
+        "help": "warping-network lr = lr x this (refine stage)"})
+    grad_clip: float = field(default=0.3, metadata={"help": "gradient norm clip; 0 = off"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per step"})
 
 
 def make_optimizer(groups: list[dict], recipe: PersonalizationRecipe) -> torch.optim.Optimizer:
