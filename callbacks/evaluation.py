@@ -19,6 +19,10 @@ def split_prefix(split: str, set_name: str | None) -> str:
     return f"{split}/{set_name}/"
 
 
+# what the progress bar shows of a validation: the self-reenactment pixel metrics, which every run has
+PROGRESS_BAR = ("val/l1", "val/psnr")
+
+
 class MetricsCallback(L.Callback):
     def __init__(self, metrics_config):
         self.metrics_config = metrics_config
@@ -70,7 +74,8 @@ class MetricsCallback(L.Callback):
             for key, value in values.items():
                 value = torch.as_tensor(value, dtype=torch.float32, device=pl_module.device)
                 # already reduced over ranks by torchmetrics; logging the same value on every rank
-                pl_module.log(f"{prefix}{key}", value, sync_dist=False, rank_zero_only=False)
+                pl_module.log(f"{prefix}{key}", value, sync_dist=False, rank_zero_only=False,
+                              prog_bar=f"{prefix}{key}" in PROGRESS_BAR)
                 self.last_results[f"{prefix}{key}"] = float(value)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

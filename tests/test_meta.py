@@ -223,7 +223,8 @@ def test_refine_meta_fast_dev_run_and_validation(tiny_data, tmp_path):
     result = run_training(_meta_cfg(tiny_data, tmp_path, "meta_tiny.yaml", "name=refine", "trainer.max_epochs=1",
                                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.batch_size=1",
                                     "model.inner.perceptual.scales=[1.0]",
-                                    "model.remove_spectral_norm=true", "trainer.check_val_every_n_epoch=1"))
+                                    "model.remove_spectral_norm=true", "trainer.check_val_every_n_epoch=1",
+                                    "callbacks.metrics=true"))
     assert result["global_step"] == 1
     assert math.isfinite(result["metrics"]["train/inner_loss"])
     assert "val/l1" in result["metrics"]

@@ -125,3 +125,26 @@ def test_a_checkpoint_evaluates_after_its_init_file_is_deleted(built_stage, tiny
     assert stage.hparams["config"]["model"]["init_from"] == str(warp_ckpt)  # provenance kept
     assert main(["eval", str(refine), *tiny_overrides(tiny_data, tmp_path, "name=ev", f"ckpt_path={refine_ckpt}")]) == 0
     assert "test/l1" in json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())["metrics"]
+
+
+def test_validation_metrics_come_from_the_metrics_callback_only(tiny_data, tmp_path):
+    """A stage logs no val/ metric itself (one place logs each metric); monitoring one without the metrics
+    callback is refused when the run is built, naming both keys."""
+    import lightning as L
+
+    from mp_lightning.config.compose import compose
+    from mp_lightning.errors import ConfigError
+    from mp_lightning.runs.training import build_callbacks, build_datamodule, build_stage
+
+    cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "callbacks.metrics=false"))
+    dm = build_datamodule(cfg)
+    stage = build_stage(cfg, dm)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(stage, datamodule=dm, verbose=False)
+    assert not [k for k in trainer.callback_metrics if k.startswith("val/")], dict(trainer.callback_metrics)
+
+    monitored = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "callbacks.metrics=false",
+                                                  "callbacks.checkpoint.monitor=val/l1"))
+    with pytest.raises(ConfigError, match=r"callbacks.checkpoint.monitor=val/l1 needs callbacks.metrics=true"):
+        build_callbacks(monitored, tmp_path)

@@ -135,6 +135,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ck = cfg.callbacks.checkpoint
+    if ck.monitor and not cfg.callbacks.metrics:
+        raise ConfigError(f"callbacks.checkpoint.monitor={ck.monitor} needs callbacks.metrics=true: the metrics "
+                          f"callback logs every val/ and test/ metric")
     callbacks: list = [
         ModelCheckpoint(
             dirpath=str(run_dir / CHECKPOINT_DIR),

@@ -15,7 +15,6 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mp_lightning.batch import is_cross_identity
 from mp_lightning.errors import CheckpointError, ConfigError
 from mp_lightning.state_dicts import load_matching, load_strict, read_checkpoint, read_state_dict
 
@@ -60,12 +59,8 @@ class Stage(L.LightningModule):
         raise NotImplementedError
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        out = self(batch)
-        target = batch.get("driving")
-        if target is not None and "prediction" in out and not is_cross_identity(batch):
-            self.log("val/l1", (out["prediction"] - target).abs().mean(), prog_bar=True, sync_dist=True,
-                     batch_size=target.shape[0], add_dataloader_idx=False)
-        return detached(out)
+        # scored by the MetricsCallback (callbacks/evaluation.py), the one place that logs val/ and test/ metrics
+        return detached(self(batch))
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return detached(self(batch))

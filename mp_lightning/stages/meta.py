@@ -187,9 +187,6 @@ class MetaLearningModule(Stage):
         if adapted is not None:
             # the metrics callback scores each variant under val/<name>/ with the same batch
             out["variants"] = {"adapted": {"prediction": adapted}}
-            target = batch["driving"]
-            self.log("val/adapted/l1", (adapted - target).abs().mean(), sync_dist=True, batch_size=target.shape[0],
-                     add_dataloader_idx=False)
         return out
 
     def adapted_query_predictions(self, batch: dict, steps: int) -> torch.Tensor:
