@@ -148,3 +148,22 @@ def test_validation_metrics_come_from_the_metrics_callback_only(tiny_data, tmp_p
                                                   "callbacks.checkpoint.monitor=val/l1"))
     with pytest.raises(ConfigError, match=r"callbacks.checkpoint.monitor=val/l1 needs callbacks.metrics=true"):
         build_callbacks(monitored, tmp_path)
+
+
+def test_a_wandb_run_left_open_in_the_process_does_not_swallow_the_next_run(tiny_data, tmp_path, monkeypatch):
+    """Lightning's WandbLogger reuses any W&B run still open in the process; a run must log into its own."""
+    import wandb
+
+    from mp_lightning.config.compose import compose
+    from mp_lightning.runs.training import build_logger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    leftover = wandb.init(project="mp-lightning", name="leftover", dir=str(tmp_path), mode="offline")
+    try:
+        cfg = compose(WARP_TINY, tiny_overrides(tiny_data, tmp_path, "name=own", "logger.type=wandb"))
+        with pytest.warns(UserWarning, match=f"W&B run \\({leftover.id}\\) was still open"):
+            primary = build_logger(cfg, tmp_path / "own")[0]
+        assert wandb.run is None or wandb.run.id != leftover.id
+        assert primary.experiment.id != leftover.id
+    finally:
+        wandb.finish()

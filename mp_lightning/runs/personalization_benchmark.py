@@ -383,12 +383,14 @@ def _log_wandb(summary: dict, plot: Path, out: Path, mode: str) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(project="mp-lightning", name=f"personalization-{out.name}", dir=str(out), mode=mode,
                      job_type="personalization-benchmark")
-    columns = ["method", "steps", "seconds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-    data = []
-    for name, entry in summary["methods"].items():
-        for i, step in enumerate(summary["steps"]):
-            data.append([name, step, entry["seconds"][i]]
-                        + [entry[m][s][i] for m in METRICS for s in ("mean", "std")])
-    run.log({"personalization/table": wandb.Table(columns=columns, data=data),
-             "personalization/curves": wandb.Image(str(plot))})
-    run.finish()
+    try:
+        columns = ["method", "steps", "seconds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+        data = []
+        for name, entry in summary["methods"].items():
+            for i, step in enumerate(summary["steps"]):
+                data.append([name, step, entry["seconds"][i]]
+                            + [entry[m][s][i] for m in METRICS for s in ("mean", "std")])
+        run.log({"personalization/table": wandb.Table(columns=columns, data=data),
+                 "personalization/curves": wandb.Image(str(plot))})
+    finally:
+        run.finish()

@@ -116,6 +116,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> list | bool:
     else:
         from lightning.pytorch.loggers import WandbLogger
 
+        finish_leftover_wandb_run(cfg.name)
         primary = WandbLogger(
             name=cfg.name,
             save_dir=str(run_dir),
@@ -253,6 +254,20 @@ def _log_hyperparameters(loggers, cfg: DictConfig, stage) -> None:
     hp["parameter_counts"] = params
     for logger in loggers:
         logger.log_hyperparams(hp)
+
+
+def finish_leftover_wandb_run(name: str) -> None:
+    """Finish a W&B run left open in this process (by a crashed run or the caller), with a warning: Lightning's
+    WandbLogger would otherwise log this run into that one's files."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(f"a W&B run ({wandb.run.id}) was still open in this process; it is finished so that run "
+                       f"'{name}' logs into a run of its own")
+        wandb.finish()
 
 
 def finish_logger(loggers) -> None:
