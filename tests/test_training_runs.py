@@ -167,3 +167,27 @@ def test_a_wandb_run_left_open_in_the_process_does_not_swallow_the_next_run(tiny
         assert primary.experiment.id != leftover.id
     finally:
         wandb.finish()
+
+
+@pytest.mark.parametrize("experiment, overrides, lr_factor", [
+    # epoch-interval schedule (warp, refine, FOMM): stepped once per epoch by the base stage; milestone at epoch 1
+    ("metaportrait/warp_tiny.yaml", ["model.optim.lr_milestones=[1]", "model.optim.lr_gamma=0.5",
+                                     "model.perceptual.scales=[1.0]"], 0.5),
+    # step-interval schedule (SR steps its schedulers in training_step): never stepped a second time per epoch
+    ("metaportrait/sr_tiny.yaml", [], None),
+], ids=["epoch", "step"])
+def test_lr_schedules_step_once_per_unit(experiment, overrides, lr_factor, tiny_data, tmp_path):
+    from mp_lightning.config.compose import compose
+    from mp_lightning.runs.training import run_training
+    from mp_lightning.state_dicts import read_checkpoint
+
+    cfg = compose(EXPERIMENTS / experiment, tiny_overrides(
+        tiny_data, tmp_path, "trainer.max_steps=2", "trainer.limit_train_batches=1", "callbacks.metrics=false",
+        "trainer.check_val_every_n_epoch=1000", "callbacks.media.enabled=false", *overrides))
+    ckpt = read_checkpoint(run_training(cfg)["last_checkpoint"], weights_only=False)
+    assert ckpt["global_step"] == 2 and ckpt["epoch"] == 2  # two finished epochs of one batch
+    for sched in ckpt["lr_schedulers"]:
+        assert sched["last_epoch"] == 2, sched  # two epochs, or two steps: stepped exactly twice
+    if lr_factor is not None:
+        group = ckpt["optimizer_states"][0]["param_groups"][0]
+        assert group["lr"] == pytest.approx(group["initial_lr"] * lr_factor)

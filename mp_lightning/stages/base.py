@@ -55,6 +55,17 @@ class Stage(L.LightningModule):
         self.last_grad_norms: dict[str, torch.Tensor] = {}
 
     # --- contract -----------------------------------------------------------------------------
+    #: the unit of the LR schedule: "epoch" (stepped here at each epoch's end) or "step" (the stage steps
+    #: its schedulers in `training_step`). Manual optimization: Lightning steps no scheduler itself.
+    lr_interval: str = "epoch"
+
+    def on_train_epoch_end(self) -> None:
+        if self.lr_interval != "epoch":
+            return
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+            sched.step()
+
     def forward(self, batch: dict) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -263,11 +263,6 @@ class FOMMStage(Stage):
         self.log_losses(terms, batch_size=batch["source"].shape[0])
         return terms["loss"]
 
-    def on_train_epoch_end(self) -> None:
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
-
     def configure_optimizers(self):
         o = self.hp.optim
         groups = [

@@ -299,11 +299,9 @@ class MetaLearningModule(Stage):
             # all-reduced explicitly in `outer_update` instead
             wrapper.require_backward_grad_sync = False
 
-    def on_train_epoch_end(self) -> None:
-        # manual optimization: Lightning steps no scheduler itself
-        sched = self.lr_schedulers()
-        if sched is not None and self.hp.lr_interval == "epoch":
-            sched.step()
+    @property
+    def lr_interval(self) -> str:
+        return self.hp.lr_interval
 
     def configure_optimizers(self):
         hp = self.hp

@@ -121,6 +121,8 @@ class PIRenderStage(Stage):
     editing net has trained), deformed (warped source in [0, 1]), flow_field (B, 2, h, w) in pixels of the
     flow map, descriptor (B, D, 1)."""
 
+    lr_interval = "step"  # the schedulers step in training_step
+
     Config = PIRenderStageConfig
 
     def __init__(self, config: dict, landmark_spec: dict | None = None):

@@ -264,11 +264,6 @@ class RefineStage(MetaPortraitStage):
         self.log_losses(losses, batch_size=batch["source"].shape[0])
         return losses["loss"]
 
-    def on_train_epoch_end(self) -> None:
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
-
     def configure_optimizers(self):
         o = self.hp.optim
         groups = self.generator_param_groups()

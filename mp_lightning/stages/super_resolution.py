@@ -106,6 +106,8 @@ class SuperResolutionStage(Stage):
     "lq": (B, T, 3, H/2, W/2) in [0, 1]}. The batch needs `frames` (B, T, 3, H, W) in [0, 1] (the ground truth;
     with `lq` given it is only used for its size) or `lq` alone."""
 
+    lr_interval = "step"  # the schedulers step in training_step
+
     Config = SRStageConfig
 
     def __init__(self, config: dict, landmark_spec: dict | None = None):

@@ -215,11 +215,6 @@ class WarpStage(MetaPortraitStage):
         self.log_losses({"loss": loss, "warp_perceptual": loss}, batch_size=batch["source"].shape[0])
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
-
     def configure_optimizers(self):
         o = self.hp.optim
         opt = self._adam([{"params": trainable(self.generator.warp_parameters()), "lr": o.lr * o.warp_lr_multiplier,
