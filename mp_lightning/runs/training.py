@@ -116,7 +116,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> list | bool:
     else:
         from lightning.pytorch.loggers import WandbLogger
 
-        finish_leftover_wandb_run(cfg.name)
+        finish_wandb_run(leftover_before=cfg.name)
         primary = WandbLogger(
             name=cfg.name,
             save_dir=str(run_dir),
@@ -240,7 +240,7 @@ def run_training(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
     finally:
-        finish_logger(logger)
+        finish_wandb_run(logger)
     return result
 
 
@@ -256,30 +256,27 @@ def _log_hyperparameters(loggers, cfg: DictConfig, stage) -> None:
         logger.log_hyperparams(hp)
 
 
-def finish_leftover_wandb_run(name: str) -> None:
-    """Finish a W&B run left open in this process (by a crashed run or the caller), with a warning: Lightning's
-    WandbLogger would otherwise log this run into that one's files."""
+def finish_wandb_run(loggers=None, leftover_before: str | None = None) -> None:
+    """Finish the W&B run open in this process, if any.
+
+    `loggers`: a run's loggers, in `finally` after the run (one crashed run must not poison the next one of a
+    sweep or an ablation, which share the process): finished only if one of them logs to W&B.
+    `leftover_before=<run name>`: before a run builds its W&B logger; a run still open then was left by
+    someone else, and Lightning's WandbLogger would log into it, so it is finished with a warning.
+    """
     import sys
 
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
+    from callbacks.media import wandb_logger
+
+    wandb = sys.modules.get("wandb")  # never imported: no run can be open
+    if wandb is None or wandb.run is None or (leftover_before is None and wandb_logger(loggers) is None):
+        return
+    if leftover_before is not None:
         from lightning.pytorch.utilities import rank_zero_warn
 
         rank_zero_warn(f"a W&B run ({wandb.run.id}) was still open in this process; it is finished so that run "
-                       f"'{name}' logs into a run of its own")
-        wandb.finish()
-
-
-def finish_logger(loggers) -> None:
-    """Close the run's W&B run (called in `finally`: one crashed run must not poison the next one of a sweep
-    or an ablation, which share the process)."""
-    from callbacks.media import wandb_logger
-
-    if wandb_logger(loggers) is not None:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+                       f"'{leftover_before}' logs into a run of its own")
+    wandb.finish()
 
 
 class EvaluationSets:
@@ -347,7 +344,7 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
                 wandb_logger(logger).experiment.log({"test/metrics_table": wandb.Table(
                     columns=["metric", "value"], data=[[k, v] for k, v in results.items()])})
     finally:
-        finish_logger(logger)
+        finish_wandb_run(logger)
     return {"eval_dir": str(eval_dir), "metrics": results, "stage": stage,
             "cross_identity_protocol": stage.cross_identity_protocol, "descriptor": descriptor,
             "skipped": dict(metrics_cb.skipped)}
