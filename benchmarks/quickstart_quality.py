@@ -28,7 +28,7 @@ def main() -> int:
 
     from mp_lightning.commands.quickstart import ensure_quickstart_data
     from mp_lightning.config.compose import compose
-    from mp_lightning.runs.reenactment_report import reenact_test_portraits, test_pair_scores
+    from mp_lightning.runs.reenactment_report import reenact_test_portraits
     from mp_lightning.stages.base import load_stage
     from mp_lightning.runs.training import run_training
 
@@ -50,10 +50,9 @@ def main() -> int:
 
         steps = int(torch.load(trained["last_checkpoint"], map_location="cpu", weights_only=False)["global_step"])
         stage = load_stage(trained["last_checkpoint"], map_location="cpu")
-        scores = test_pair_scores(stage, data)
         report = reenact_test_portraits(stage, data, out / name)
         results[name] = {"experiment": experiment, "overrides": overrides, "train_seconds": round(train_s, 1),
-                         "steps": steps, "test_pairs": scores,
+                         "steps": steps, "test_pairs": report["test_pairs"],
                          "reenactment": report["metrics"], "grid": report["grid"]}
         print(json.dumps({name: results[name]}, indent=1))
     out.mkdir(parents=True, exist_ok=True)

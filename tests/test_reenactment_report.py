@@ -32,6 +32,9 @@ def test_report_writes_both_reenactments_and_its_identity_measure_separates_peop
         assert {"st_lpips", "st_lpips_copy_source", "st_lpips_face", "st_lpips_face_copy_source"} <= set(
             report["metrics"]["self"])
         assert "st_lpips" not in report["metrics"]["cross"]  # another person's frame is no ground truth
+        # every test clip's self-reenactment pairs, scored against copying the source frame
+        pairs = report["test_pairs"]
+        assert pairs["pairs"] > 0 and pairs["st_lpips_copy_source"] > 0 and pairs["st_lpips"] > 0
     reason = dlib_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)

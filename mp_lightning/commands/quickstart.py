@@ -32,8 +32,7 @@ def run(args) -> int:
 
     from mp_lightning.config.compose import compose
     from mp_lightning.io.paths import experiments_dir
-    from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
-    from mp_lightning.runs.reenactment_report import reenact_test_portraits, test_pair_scores
+    from mp_lightning.runs.reenactment_report import reenact_test_portraits
     from mp_lightning.stages.base import load_stage
     from mp_lightning.runs.training import run_evaluation, run_training
 
@@ -69,14 +68,13 @@ def run(args) -> int:
     print(f"    grid                   {report['grid']}")
     for reason in report["skipped"].values():
         print(f"    {reason}")
-    if st_lpips_unavailable_reason() is None:
+    if "test_pairs" in report:
         # one portrait is an anecdote: the comparison with copying the source frame over every test pair
-        pairs = test_pair_scores(stage, data)
+        pairs = report["test_pairs"]
         print(f"    test pairs ({pairs['pairs']}), ST-LPIPS, lower is better: prediction vs copy the source frame")
         for region, key in (("whole frame", "st_lpips"), ("face (landmark hull)", "st_lpips_face")):
             ours, copy = pairs[key], pairs[f"{key}_copy_source"]
             print(f"    {region:22s} {ours:.4f} vs {copy:.4f} ({100 * (copy - ours) / copy:+.0f}%)")
-        report["test_pairs"] = pairs
     summary = Path(trained["run_dir"]) / "quickstart_report.json"
     summary.write_text(json.dumps(report, indent=2))
     print(f"    report                 {summary}")

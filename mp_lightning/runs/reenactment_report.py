@@ -153,15 +153,18 @@ def write_grid(path: str | Path, source: Tensor, rows: Dict[str, tuple], frames:
 
 
 def reenact_test_portraits(stage, data_root: str | Path, out_dir: str | Path, max_frames: Optional[int] = None,
-                           fps: int = 25, grid_frames: int = 4) -> dict:
+                           fps: int = 25, grid_frames: int = 4, test_pairs: bool = True) -> dict:
     """Animate a test portrait driven by its own identity's clip and by another test identity's clip;
     write `self_reenactment.mp4`, `cross_identity.mp4` (source | driving | prediction) and `grid.png`
-    to `out_dir`, and return their paths and the offline metrics (those the installed extra allows)."""
+    to `out_dir`, and return their paths and the offline metrics (those the installed extra allows).
+    `test_pairs`: also `test_pair_scores` over every test clip (one portrait is an anecdote), as
+    report["test_pairs"], where ST-LPIPS is installed."""
     from mp_lightning.preprocess.inputs import load_driving, load_source
     from mp_lightning.networks.dlib_face import dlib_unavailable_reason
-    from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
+    from mp_lightning.networks.st_lpips import load_st_lpips, st_lpips_unavailable_reason
     from mp_lightning.io.video import write_video
 
+    net = load_st_lpips("alex") if st_lpips_unavailable_reason() is None else None
     out_dir = Path(out_dir)
     size = int(stage.hparams["config"]["data"]["image_size"])
     chosen = choose_portraits(test_clips(data_root))
@@ -179,8 +182,8 @@ def reenact_test_portraits(stage, data_root: str | Path, out_dir: str | Path, ma
         report[name] = {"driving": str(chosen[name].path), "video": str(path)}
         rows[name] = (driving, prediction)
         metrics = report["metrics"].setdefault(name, {})
-        if st_lpips_unavailable_reason() is None and name == "self":  # only self-reenactment has ground truth
-            metrics.update(reference_scores(prediction, source, driving, driving_landmarks))
+        if net is not None and name == "self":  # only self-reenactment has ground truth
+            metrics.update(reference_scores(prediction, source, driving, driving_landmarks, net))
         if dlib_unavailable_reason() is None:
             metrics.update(identity_scores(prediction, source))
             # the metric's own sanity check: the driving person vs the source (self: same, cross: another)
@@ -190,17 +193,19 @@ def reenact_test_portraits(stage, data_root: str | Path, out_dir: str | Path, ma
     for reason in filter(None, (st_lpips_unavailable_reason(), dlib_unavailable_reason())):
         report["skipped"][reason.split(":")[0]] = reason
     report["grid"] = str(write_grid(out_dir / "grid.png", source, rows, frames=grid_frames))
+    if test_pairs and net is not None:
+        report["test_pairs"] = test_pair_scores(stage, data_root, net=net)
     return report
 
 
-def test_pair_scores(stage, data_root: str | Path, frames_per_clip: int = 12) -> Dict[str, float]:
+def test_pair_scores(stage, data_root: str | Path, frames_per_clip: int = 12, net=None) -> Dict[str, float]:
     """`reference_scores` over the test split's self-reenactment pairs: in every test clip, frame 0 is the
     source and `frames_per_clip` evenly spaced frames are driving frames (and ground truth). Means over
     all pairs; lower is better."""
     from mp_lightning.preprocess.inputs import load_driving
     from mp_lightning.networks.st_lpips import load_st_lpips
 
-    net = load_st_lpips("alex")
+    net = net or load_st_lpips("alex")
     size = int(stage.hparams["config"]["data"]["image_size"])
     totals: Dict[str, float] = {}
     count = 0
