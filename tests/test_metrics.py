@@ -122,6 +122,21 @@ def test_identity_metrics_share_one_embedder(embedder):
     assert suite.state_dict() == {}
 
 
+def test_one_source_expanded_over_frames_is_embedded_once_with_the_same_values(embedder):
+    preds, source = _images(0, b=4), _images(1, b=1)
+    calls = []
+    counting = lambda x: calls.append(x.shape[0]) or embedder(x)  # noqa: E731
+    values = {}
+    for name, src in (("copies", source.repeat(4, 1, 1, 1)), ("expanded", source.expand(4, -1, -1, -1))):
+        suite = MetricSuite(_offline_config(enabled=["id_similarity", "aed"], fid=False), embedder=counting,
+                            reference_available=False)
+        calls.clear()
+        suite.update({"prediction": preds}, {"source": src})
+        values[name], values[name + "_calls"] = suite.compute(), list(calls)
+    assert values["expanded"] == pytest.approx(values["copies"], abs=1e-6)
+    assert values["copies_calls"] == [4, 4] and values["expanded_calls"] == [4, 1]
+
+
 # ---------------------------------------------------------------------------------------------- AKD
 def test_akd_precomputed_landmarks_in_pixels():
     target = torch.tensor([[[0.5, 0.5], [0.25, 0.75]]])

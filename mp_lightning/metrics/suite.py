@@ -356,7 +356,13 @@ class MetricSuite(nn.Module):
             # embedders return a tensor (FaceNet, ArcFace) or (descriptors, found) (dlib: a frame may have no face)
             with_found = lambda out: out if isinstance(out, tuple) else (out, None)  # noqa: E731
             pred_emb, pred_found = with_found(embed(frames))
-            src_emb, src_found = with_found(embed(source))
+            if source.shape[0] > 1 and source.stride(0) == 0:
+                # one source expanded over every frame (personalization, clips): embedded once
+                src_emb, src_found = with_found(embed(source[:1]))
+                src_emb = src_emb.expand(source.shape[0], *src_emb.shape[1:])
+                src_found = None if src_found is None else src_found.expand(source.shape[0])
+            else:
+                src_emb, src_found = with_found(embed(source))
             if pred_found is not None:
                 m["dlib_no_face"].update(pred_found)
             if sim is not None:
