@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mp_lightning.errors import ConfigError
+from mp_lightning.networks.st_lpips import st_lpips_unavailable_reason
 from mp_lightning.runs.personalization_benchmark import (
-    METRICS,
     benchmark_config,
     benchmark_tasks,
     check_held_out,
@@ -91,14 +91,38 @@ def test_config_overrides_are_checked():
         benchmark_config(["recipe.lrr=1e-4"])
 
 
+def test_summary_leaves_out_identities_a_metric_could_not_score():
+    from mp_lightning.runs.personalization_benchmark import summarize
+
+    nan = float("nan")
+    results = [{"method": "m", "metrics": {"l1": [0.2, 0.1], "id_similarity_dlib": [0.9, 0.8]}, "seconds": [0, 1]},
+               {"method": "m", "metrics": {"l1": [0.4, 0.3], "id_similarity_dlib": [nan, nan]}, "seconds": [0, 3]},
+               {"method": "m", "metrics": {"l1": [0.3, 0.2], "id_similarity_dlib": [0.7, 0.6]}, "seconds": [0, 2]}]
+    entry = summarize(results, ["m"], [0, 1], 3)["methods"]["m"]
+    assert entry["l1"]["mean"] == pytest.approx([0.3, 0.2])
+    assert entry["id_similarity_dlib"]["mean"] == pytest.approx([0.8, 0.7])  # dlib found no face in one source
+    assert entry["id_similarity_dlib"]["std"] == pytest.approx([0.1414, 0.1414], abs=1e-4)
+    assert entry["seconds"] == [0, 2]
+
+
+def test_worst_change_from_step_0():
+    from mp_lightning.runs.personalization_benchmark import worst_change_from_start
+
+    summary = {"steps": [0, 1, 5], "methods": {"m": {"l1": {"mean": [0.2, 0.25, 0.1]}, "psnr": {"mean": [10, 9, 12]},
+                                                     "st_lpips": {"mean": [0.3, 0.2, 0.1]}}}}
+    assert worst_change_from_start(summary, "m", "l1", higher_is_better=False) == (1, pytest.approx(0.05))
+    assert worst_change_from_start(summary, "m", "psnr", higher_is_better=True) == (1, -1)
+    assert worst_change_from_start(summary, "m", "st_lpips", higher_is_better=False) is None
+
+
 def test_steps_to_reach():
     summary = {"steps": [0, 1, 5, 50], "methods": {
         "standard": {"l1": {"mean": [0.2, 0.19, 0.15, 0.1]}, "psnr": {"mean": [10, 11, 12, 20]}},
         "meta": {"l1": {"mean": [0.2, 0.12, 0.09, 0.05]}, "psnr": {"mean": [10, 12, 21, 30]}}}}
-    assert steps_to_reach(summary, "meta", "standard", "l1") == 5
-    assert steps_to_reach(summary, "meta", "standard", "psnr") == 5
-    assert steps_to_reach(summary, "standard", "standard", "l1") == 50
-    assert steps_to_reach(summary, "standard", "meta", "l1") is None
+    assert steps_to_reach(summary, "meta", "standard", "l1", higher_is_better=False) == 5
+    assert steps_to_reach(summary, "meta", "standard", "psnr", higher_is_better=True) == 5
+    assert steps_to_reach(summary, "standard", "standard", "l1", higher_is_better=False) == 50
+    assert steps_to_reach(summary, "standard", "meta", "l1", higher_is_better=False) is None
 
 
 def test_benchmark_command_writes_the_summary(built_stage, two_video_data, tmp_path):
@@ -114,10 +138,14 @@ def test_benchmark_command_writes_the_summary(built_stage, two_video_data, tmp_p
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"steps", "identities", "methods"}
     assert summary["steps"] == [0, 1, 3] and summary["identities"] == 2
+    # the training metric suite's keys: random networks never under a published name
+    metrics = {"lpips_random", "psnr", "ssim", "l1", "id_similarity_random"}
     for name in ("random", "same"):
         entry = summary["methods"][name]
-        assert set(entry) == {*METRICS, "seconds"}
-        for metric in METRICS:
+        assert metrics <= set(entry) and "lpips" not in entry and "id_similarity" not in entry
+        if st_lpips_unavailable_reason() is None:  # the metrics extra: a real perceptual distance offline
+            assert "st_lpips" in entry
+        for metric in set(entry) - {"seconds"}:
             assert len(entry[metric]["mean"]) == len(entry[metric]["std"]) == 3
         assert entry["seconds"][0] == 0.0 and entry["seconds"] == sorted(entry["seconds"])
     # the same start and the same seeded support order: the same curve
@@ -125,6 +153,7 @@ def test_benchmark_command_writes_the_summary(built_stage, two_video_data, tmp_p
     # fine-tuning changed the predictions
     assert summary["methods"]["random"]["l1"]["mean"][0] != summary["methods"]["random"]["l1"]["mean"][-1]
     assert "steps to reach random" in (out / "summary.md").read_text()
+    assert "worst change from step 0" in (out / "summary.md").read_text()
     assert (out / "curves.png").stat().st_size > 5000
     per_identity = json.loads((out / "per_identity.json").read_text())
     assert len(per_identity["results"]) == 4

@@ -33,7 +33,7 @@ def test_personalize_cli_writes_outputs_and_improves(built_stage, tiny_data, tmp
     curve = json.loads((out / "curve.json").read_text())
     assert curve["steps"] == [0, 1, 2, 5, 10, 12]
     assert (out / "curve.png").stat().st_size > 1000
-    for name in ("lpips", "psnr", "ssim", "l1", "identity"):
+    for name in ("lpips_random", "psnr", "ssim", "l1", "id_similarity_random"):
         assert len(curve["metrics"][name]) == len(curve["steps"])
     assert curve["metrics"]["l1"][-1] < curve["metrics"]["l1"][0], curve["metrics"]["l1"]
     assert curve["train_seconds"] == sorted(curve["train_seconds"])

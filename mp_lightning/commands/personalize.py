@@ -45,6 +45,8 @@ def run(args) -> int:
         lpips_pretrained=settings.lpips_pretrained, identity_pretrained=settings.identity_pretrained,
         seed=settings.seed, source_identity=args.source_identity,
     )
+    for reason in curve["skipped_metrics"].values():
+        print(reason)
     first = {k: round(v[0], 4) for k, v in curve["metrics"].items()}
     last = {k: round(v[-1], 4) for k, v in curve["metrics"].items()}
     print(f"step 0: {first}\nstep {curve['steps'][-1]}: {last}")

@@ -9,9 +9,11 @@ in name order, the first N):
 * evaluation: frames of the identity's *other* videos, or, when it has one video, the unseen remainder of
   the support clip and the video's other clips; at most `max_eval_frames`, evenly spaced;
 * every checkpoint is fine-tuned from its own weights with the personalization recipe
-  (`mp_lightning.personalize.PersonalizationRecipe`) and scored after each step count of `steps`: LPIPS, L1,
-  PSNR (prediction vs the real frame) and identity similarity (prediction vs source); the cumulative
-  optimizer seconds are kept beside them.
+  (`mp_lightning.personalize.PersonalizationRecipe`) and scored after each step count of `steps` by the
+  training metric suite (`mp_lightning.runs.personalize.Evaluator`): LPIPS and ST-LPIPS, L1, PSNR, SSIM
+  (prediction vs the real frame) and identity similarity (prediction vs source; FaceNet and dlib), each
+  where its weights are installed, `*_random` names for random networks; the cumulative optimizer seconds
+  are kept beside them.
 
 Identities are split over processes when run under torchrun / DDP (`RANK`, `WORLD_SIZE`); rank 0 gathers
 and writes `summary.json` (`{"steps", "identities", "methods": {NAME: {METRIC: {"mean", "std"}, "seconds"}}}`),
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +34,7 @@ from omegaconf import OmegaConf
 
 from mp_lightning.errors import ConfigError, DataError
 from mp_lightning.runs.personalize import (
+    EVALUATION_METRICS,
     Evaluator,
     PersonalizationRecipe,
     PersonalizationSettings,
@@ -38,9 +42,6 @@ from mp_lightning.runs.personalize import (
     load_clip,
 )
 
-METRICS = ("lpips", "l1", "psnr", "id_similarity")
-HIGHER_IS_BETTER = {"lpips": False, "l1": False, "psnr": True, "id_similarity": True}
-_EVALUATOR_NAMES = {"lpips": "lpips", "l1": "l1", "psnr": "psnr", "id_similarity": "identity"}
 DEFAULT_STEPS = (0, 1, 2, 5, 10, 20, 50)
 
 
@@ -53,6 +54,8 @@ class BenchmarkConfig(PersonalizationSettings):
     reference: Optional[str] = None  # summary.md: steps each method needs to reach this one's last-step value
     wandb: str = "offline"  # offline | online | disabled
     eval_batch_size: int = 8
+    # the metric suite's names (mp_lightning.metrics.suite.ALL_METRICS) scored after each step count
+    metrics: List[str] = field(default_factory=lambda: list(EVALUATION_METRICS))
 
 
 def benchmark_config(overrides: Sequence[str] = ()) -> BenchmarkConfig:
@@ -221,8 +224,7 @@ def run_identity(stage, task: IdentityTask, steps: list[int], cfg: BenchmarkConf
     landmarks = torch.cat([p[1] for p in parts])
 
     def evaluate() -> dict:
-        values = evaluator(stage, source, source_lm, frames, landmarks, batch_size=cfg.eval_batch_size)
-        return {name: values[_EVALUATOR_NAMES[name]] for name in METRICS}
+        return evaluator(stage, source, source_lm, frames, landmarks, batch_size=cfg.eval_batch_size)
 
     curve = fine_tune_curve(stage, source, source_lm, support, support_lm, steps, cfg.recipe, evaluate,
                             seed=cfg.seed)
@@ -256,8 +258,10 @@ def run_benchmark(checkpoints: dict[str, str], root: str | Path, out_dir: str | 
     if device == "auto" and world > 1 and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = resolve_device(device)
-    evaluator = Evaluator(cfg.lpips_pretrained, cfg.identity_pretrained,
-                          names=tuple(_EVALUATOR_NAMES[m] for m in METRICS))
+    evaluator = Evaluator(cfg.lpips_pretrained, cfg.identity_pretrained, names=tuple(cfg.metrics))
+    if rank == 0:
+        for reason in evaluator.skipped.values():
+            print(reason, flush=True)
     mine = shard(tasks, rank, world)
     results: list[dict] = []
     for name, ckpt in checkpoints.items():
@@ -275,8 +279,10 @@ def run_benchmark(checkpoints: dict[str, str], root: str | Path, out_dir: str | 
     results = _gather(results, world)
     summary = summarize(results, list(checkpoints), steps, len(tasks))
     if rank == 0:
-        write_outputs(summary, results, tasks, out_dir, cfg, checkpoints,
-                      {"root": str(root), "split": split, "support_seconds": support_seconds})
+        higher = {m: evaluator.higher_is_better(m) for m in metric_names(summary)}
+        write_outputs(summary, results, tasks, out_dir, cfg, checkpoints, higher,
+                      {"root": str(root), "split": split, "support_seconds": support_seconds,
+                       "skipped_metrics": evaluator.skipped})
     return summary
 
 
@@ -287,33 +293,60 @@ def summarize(results: list[dict], methods: list[str], steps: list[int], identit
     for name in methods:
         rows = [r for r in results if r["method"] == name]
         entry = {}
-        for metric in METRICS:
+        for metric in rows[0]["metrics"]:
+            # NaN where a metric had nothing to score for an identity (dlib found no face): left out of the mean
             values = np.array([r["metrics"][metric] for r in rows], dtype=np.float64)
-            entry[metric] = {"mean": values.mean(0).tolist(),
-                             "std": (values.std(0, ddof=1) if len(rows) > 1 else np.zeros(len(steps))).tolist()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+                mean = np.nanmean(values, 0)
+                std = np.nanstd(values, 0, ddof=1) if len(rows) > 1 else np.zeros(len(steps))
+            entry[metric] = {"mean": mean.tolist(), "std": np.nan_to_num(std, nan=0.0).tolist()}
         entry["seconds"] = np.array([r["seconds"] for r in rows], dtype=np.float64).mean(0).tolist()
         out["methods"][name] = entry
     return out
 
 
-def steps_to_reach(summary: dict, method: str, reference: str, metric: str) -> Optional[int]:
+def metric_names(summary: dict) -> list[str]:
+    """The metrics of a summary, in the evaluator's order."""
+    entry = next(iter(summary["methods"].values()))
+    return [k for k in entry if k != "seconds"]
+
+
+def steps_to_reach(summary: dict, method: str, reference: str, metric: str, higher_is_better: bool) -> Optional[int]:
     """The first step count at which `method`'s mean is at least as good as `reference`'s at the last step."""
     target = summary["methods"][reference][metric]["mean"][-1]
-    better = HIGHER_IS_BETTER[metric]
+    better = higher_is_better
     for step, value in zip(summary["steps"], summary["methods"][method][metric]["mean"]):
         if (value >= target) if better else (value <= target):
             return step
     return None
 
 
-def summary_markdown(summary: dict, reference: Optional[str] = None, context: dict | None = None) -> str:
-    steps = summary["steps"]
+def worst_change_from_start(summary: dict, method: str, metric: str, higher_is_better: bool):
+    """(step, change) of the step count whose mean is furthest on the worse side of step 0's, or None when no
+    step count is worse than the start (the first step count must be 0)."""
+    mean = summary["methods"][method][metric]["mean"]
+    sign = -1.0 if higher_is_better else 1.0
+    worst = max(range(len(mean)), key=lambda i: sign * (mean[i] - mean[0]) if not np.isnan(mean[i]) else -np.inf)
+    change = mean[worst] - mean[0]
+    return None if not sign * change > 0 else (summary["steps"][worst], change)
+
+
+def summary_markdown(summary: dict, higher_is_better: dict[str, bool], reference: Optional[str] = None,
+                     context: dict | None = None) -> str:
+    """`higher_is_better`: {metric: bool} for every metric of the summary."""
+    from mp_lightning.metrics.suite import METRIC_NETWORKS
+
+    steps, metrics = summary["steps"], metric_names(summary)
     lines = ["# Personalization benchmark", ""]
+    skipped = (context or {}).get("skipped_metrics") or {}
     if context:
-        lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
+        lines += [", ".join(f"{k}: {v}" for k, v in context.items() if k != "skipped_metrics"), ""]
     lines += [f"{summary['identities']} held-out identities; mean +- std over identities.", ""]
-    for metric in (*METRICS, "seconds"):
-        arrow = "" if metric == "seconds" else (" (higher is better)" if HIGHER_IS_BETTER[metric] else
+    lines += ["Networks: " + "; ".join(f"{m}: {METRIC_NETWORKS.get(m, m)}" for m in metrics), ""]
+    lines += [f"Skipped: {reason}" for reason in skipped.values()] + ([""] if skipped else [])
+    for metric in (*metrics, "seconds"):
+        arrow = "" if metric == "seconds" else (" (higher is better)" if higher_is_better[metric] else
                                                  " (lower is better)")
         lines += [f"## {metric}{arrow}", "", "| method | " + " | ".join(f"{s} steps" for s in steps) + " |",
                   "|---|" + "---|" * len(steps)]
@@ -324,11 +357,19 @@ def summary_markdown(summary: dict, reference: Optional[str] = None, context: di
                 cells = [f"{m:.4f} +- {s:.4f}" for m, s in zip(entry[metric]["mean"], entry[metric]["std"])]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    if steps[0] == 0:
+        lines += ["## worst change from step 0 (mean over identities; personalization should never make it worse)", "",
+                  "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for name in summary["methods"]:
+            cells = [worst_change_from_start(summary, name, m, higher_is_better[m]) for m in metrics]
+            lines.append(f"| {name} | " + " | ".join(
+                "never worse" if c is None else f"{c[1]:+.2e} at {c[0]} steps" for c in cells) + " |")
+        lines.append("")
     if reference:
         lines += [f"## steps to reach {reference}'s value at {steps[-1]} steps", "",
-                  "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+                  "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         for name in summary["methods"]:
-            cells = [steps_to_reach(summary, name, reference, m) for m in METRICS]
+            cells = [steps_to_reach(summary, name, reference, m, higher_is_better[m]) for m in metrics]
             lines.append(f"| {name} | " + " | ".join("not reached" if c is None else str(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -341,8 +382,9 @@ def plot_summary(summary: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(METRICS), figsize=(3.4 * len(METRICS), 6), squeeze=False)
-    for j, metric in enumerate(METRICS):
+    metrics = metric_names(summary)
+    fig, axes = plt.subplots(2, len(metrics), figsize=(3.4 * len(metrics), 6), squeeze=False)
+    for j, metric in enumerate(metrics):
         for name, entry in summary["methods"].items():
             mean, std = np.array(entry[metric]["mean"]), np.array(entry[metric]["std"])
             for i, x in enumerate((np.array(summary["steps"], dtype=float), np.array(entry["seconds"]))):
@@ -364,14 +406,14 @@ def plot_summary(summary: dict, path: str | Path) -> Path:
 
 
 def write_outputs(summary: dict, results: list[dict], tasks: list[IdentityTask], out_dir: str | Path,
-                  cfg: BenchmarkConfig, checkpoints: dict, context: dict) -> None:
+                  cfg: BenchmarkConfig, checkpoints: dict, higher_is_better: dict[str, bool], context: dict) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "per_identity.json").write_text(json.dumps({
         "checkpoints": checkpoints, "config": asdict(cfg), **context,
         "tasks": [asdict(t) for t in tasks], "results": results}, indent=1) + "\n")
-    (out / "summary.md").write_text(summary_markdown(summary, cfg.reference, context))
+    (out / "summary.md").write_text(summary_markdown(summary, higher_is_better, cfg.reference, context))
     plot = plot_summary(summary, out / "curves.png")
     if cfg.wandb != "disabled":
         _log_wandb(summary, plot, out, cfg.wandb)
@@ -384,12 +426,13 @@ def _log_wandb(summary: dict, plot: Path, out: Path, mode: str) -> None:
     run = wandb.init(project="mp-lightning", name=f"personalization-{out.name}", dir=str(out), mode=mode,
                      job_type="personalization-benchmark")
     try:
-        columns = ["method", "steps", "seconds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+        metrics = metric_names(summary)
+        columns = ["method", "steps", "seconds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
         data = []
         for name, entry in summary["methods"].items():
             for i, step in enumerate(summary["steps"]):
                 data.append([name, step, entry["seconds"][i]]
-                            + [entry[m][s][i] for m in METRICS for s in ("mean", "std")])
+                            + [entry[m][s][i] for m in metrics for s in ("mean", "std")])
         run.log({"personalization/table": wandb.Table(columns=columns, data=data),
                  "personalization/curves": wandb.Image(str(plot))})
     finally:

@@ -9,6 +9,7 @@ identity similarity (prediction vs source), PSNR, SSIM and L1. Writes the person
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,18 +66,28 @@ def _image_size(stage) -> int:
     return int(getattr(net, "image_size", 0) or stage.experiment_config.get("data", {}).get("image_size", 256))
 
 
+#: what personalization scores: held-out frames against the real ones, and the source's identity kept
+EVALUATION_METRICS = ("lpips", "st_lpips", "psnr", "ssim", "l1", "id_similarity", "id_similarity_dlib")
+
+
 class Evaluator:
-    """Metrics of a stage's predictions on held-out frames (source = first frame)."""
+    """Metrics of a stage's predictions on held-out frames (source = first frame), computed by the `MetricSuite`
+    that training logs with: the same keys (`lpips_random` / `id_similarity_random` where the network is random,
+    never the published name), and a metric whose weights or package are missing is left out with its reason
+    in `skipped`. Identity metrics compare the prediction with the source."""
 
     def __init__(self, lpips_pretrained: bool = True, identity_pretrained: bool = True, identity: bool = True,
-                 names: tuple = ("lpips", "psnr", "ssim", "l1", "identity")):
-        from mp_lightning.metrics.identity import IdentitySimilarity
-        from mp_lightning.metrics.perceptual import LPIPS
-        from mp_lightning.metrics.pixel import L1, PSNR, SSIM
+                 names: tuple = EVALUATION_METRICS):
+        from mp_lightning.metrics.suite import MetricSuite
 
-        make = {"lpips": lambda: LPIPS(pretrained=lpips_pretrained), "psnr": PSNR, "ssim": SSIM, "l1": L1,
-                "identity": lambda: IdentitySimilarity(pretrained=identity_pretrained)}
-        self.metrics = {name: make[name]() for name in names if identity or name != "identity"}
+        enabled = [n for n in names if identity or not n.startswith(("id_similarity", "aed"))]
+        self.suite = MetricSuite({"enabled": enabled, "lpips": {"pretrained": lpips_pretrained},
+                                  "identity": {"pretrained": identity_pretrained}, "fid": False},
+                                 reference_available=True)
+        self.skipped = dict(self.suite.skipped)
+
+    def higher_is_better(self, key: str) -> bool:
+        return bool(self.suite.metrics[key].higher_is_better)
 
     def __call__(self, stage, source, source_lm, frames, landmarks, batch_size: int = 8, extra: dict | None = None,
                  **animate_inputs) -> dict:
@@ -87,15 +98,14 @@ class Evaluator:
         preds = stage.animate(source, frames, landmarks, source_lm, batch_size=batch_size,
                               **({"extra": extra} if extra else {}), **animate_inputs)
         stage.train(was_training)
-        values = {}
-        for name, metric in self.metrics.items():
-            metric.reset()
-            if name == "identity":
-                metric.update(preds, source.unsqueeze(0).expand_as(preds))
-            else:
-                metric.update(preds, frames)
-            values[name] = float(metric.compute())
-        return values
+        self.suite.to(preds.device)
+        self.suite.reset()
+        self.suite.update({"prediction": preds}, {"driving": frames.to(preds.device),
+                                                  "source": source.to(preds.device).unsqueeze(0).expand_as(preds)})
+        values = self.suite.compute()
+        # every metric at every call, NaN where it had nothing to score (dlib found no face in the source):
+        # curves stay aligned and summaries average over the identities that have a value
+        return {key: values.get(key, math.nan) for key in self.suite.metrics}
 
 
 @dataclass
@@ -264,7 +274,7 @@ def personalize(stage, video: str | Path, seconds: float, steps: int, out_dir: s
     if bar is not None:
         bar.close()
     curve = {"video": str(video), "fps": fps, "seconds_of_video": seconds, "train_frames": n_train,
-             "eval_frames": int(len(held)), "recipe": asdict(recipe), **curve}
+             "eval_frames": int(len(held)), "recipe": asdict(recipe), "skipped_metrics": evaluator.skipped, **curve}
     if write_checkpoint:
         curve["checkpoint"] = str(save_stage_checkpoint(stage, out_dir / "personalized.ckpt", personalization={
             "video": str(video), "seconds": seconds, "steps": steps, "recipe": asdict(recipe)}))
