@@ -142,6 +142,8 @@ def test_personalization_sets_compose_and_share_the_start():
     standard, meta = cfgs["standard"], cfgs["meta"]
     assert (standard.trainer.max_steps * standard.data.batch_size
             == meta.trainer.max_steps * meta.data.batch_size * meta.model.inner_steps * meta.data.support_frames)
+    # the same network: the meta row's inner stage is the standard row's stage
+    assert meta.model.inner_stage == standard.stage
     assert tiny["personalization_benchmark"]["identities"] >= 6
     assert tiny["synth"]["personal_details"] is True
     full = load_ablation_set(PAPER / "personalization.yaml")
