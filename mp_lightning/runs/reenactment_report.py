@@ -106,26 +106,25 @@ def reference_scores(prediction: Tensor, source: Tensor, driving: Tensor, drivin
     }
 
 
-def identity_scores(prediction: Tensor, source: Tensor, embedder=None) -> Dict[str, float]:
-    """dlib identity of each predicted frame against the source: cosine similarity, and the Euclidean distance
-    of the descriptors (dlib's own measure: under 0.6 is the same person on LFW). Frames without a face are
-    left out and counted. dlib descriptors all lie in one narrow cone, so cosine similarities of different
-    people stay high (0.96 on the synthetic faces against 0.985 for the same person); the distance separates
-    them (0.36-0.44 against 0.09-0.12)."""
-    from mp_lightning.networks.dlib_face import DlibFaceEmbedder
+def identity_scores(prediction: Tensor, source: Tensor, embedder) -> Dict[str, float]:
+    """dlib identity of each predicted frame against the source (`embedder`: a `DlibFaceEmbedder`): cosine
+    similarity, and the Euclidean distance of the descriptors (dlib's own measure: under 0.6 is the same person
+    on LFW), by the suite's `IdentitySimilarity` and `AED`. Frames without a face are left out and counted.
+    dlib descriptors all lie in one narrow cone, so cosine similarities of different people stay high (0.96 on
+    the synthetic faces against 0.985 for the same person); the distance separates them (0.36-0.44 against
+    0.09-0.12)."""
+    from mp_lightning.metrics.identity import AED, IdentitySimilarity
 
-    embedder = embedder or DlibFaceEmbedder()
     pred, pred_found = embedder(prediction)
     src, src_found = embedder(source[None])
-    no_face = float((~pred_found).sum())
+    scores = {}
+    for key, metric in (("id_similarity_dlib", IdentitySimilarity(embedder)), ("aed_dlib", AED(embedder))):
+        metric.update(pred, src.expand_as(pred), pred_found, src_found.expand_as(pred_found))
+        scores[key] = float(metric.compute())  # NaN when no frame (or not the source) shows a face
+    scores["dlib_no_face"] = float((~pred_found).sum())
     if not bool(src_found[0]) or not bool(pred_found.any()):
-        return {"id_similarity_dlib": float("nan"), "aed_dlib": float("nan"), "dlib_no_face": no_face,
-                "source_no_face": float(not bool(src_found[0]))}
-    found = pred[pred_found]
-    reference = src.expand(len(found), -1)
-    return {"id_similarity_dlib": float(torch.nn.functional.cosine_similarity(found, reference, dim=-1).mean()),
-            "aed_dlib": float((found - reference).norm(dim=-1).mean()),
-            "dlib_no_face": no_face}
+        scores["source_no_face"] = float(not bool(src_found[0]))
+    return scores
 
 
 def write_grid(path: str | Path, source: Tensor, rows: Dict[str, tuple], frames: int = 4) -> Path:
@@ -160,11 +159,13 @@ def reenact_test_portraits(stage, data_root: str | Path, out_dir: str | Path, ma
     `test_pairs`: also `test_pair_scores` over every test clip (one portrait is an anecdote), as
     report["test_pairs"], where ST-LPIPS is installed."""
     from mp_lightning.preprocess.inputs import load_driving, load_source
-    from mp_lightning.networks.dlib_face import dlib_unavailable_reason
+    from mp_lightning.networks.dlib_face import DlibFaceEmbedder, dlib_unavailable_reason
     from mp_lightning.networks.st_lpips import load_st_lpips, st_lpips_unavailable_reason
     from mp_lightning.io.video import write_video
 
+    # each network loaded once for the whole report
     net = load_st_lpips("alex") if st_lpips_unavailable_reason() is None else None
+    embedder = DlibFaceEmbedder() if dlib_unavailable_reason() is None else None
     out_dir = Path(out_dir)
     size = int(stage.hparams["config"]["data"]["image_size"])
     chosen = choose_portraits(test_clips(data_root))
@@ -184,10 +185,10 @@ def reenact_test_portraits(stage, data_root: str | Path, out_dir: str | Path, ma
         metrics = report["metrics"].setdefault(name, {})
         if net is not None and name == "self":  # only self-reenactment has ground truth
             metrics.update(reference_scores(prediction, source, driving, driving_landmarks, net))
-        if dlib_unavailable_reason() is None:
-            metrics.update(identity_scores(prediction, source))
+        if embedder is not None:
+            metrics.update(identity_scores(prediction, source, embedder))
             # the metric's own sanity check: the driving person vs the source (self: same, cross: another)
-            driving_scores = identity_scores(driving, source)
+            driving_scores = identity_scores(driving, source, embedder)
             metrics["id_similarity_dlib_driving"] = driving_scores["id_similarity_dlib"]
             metrics["aed_dlib_driving"] = driving_scores["aed_dlib"]
     for reason in filter(None, (st_lpips_unavailable_reason(), dlib_unavailable_reason())):
