@@ -31,13 +31,13 @@ def image_grid(batch: dict, outputs: dict, num_samples: int) -> torch.Tensor:
     return torch.cat(list(rows), dim=1)
 
 
-
 def wandb_logger(loggers):
     """The W&B logger among `loggers` (a list, one logger or False), or None."""
     for logger in loggers if isinstance(loggers, (list, tuple)) else [loggers]:
         if type(logger).__name__ == "WandbLogger":
             return logger
     return None
+
 
 class MediaCallback(L.Callback):
     """Per validation epoch: the sample grid and an animated clip, written to RUN_DIR/media/ and sent to the

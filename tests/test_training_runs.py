@@ -186,6 +186,7 @@ def test_lr_schedules_step_once_per_unit(experiment, overrides, lr_factor, tiny_
         "trainer.check_val_every_n_epoch=1000", "callbacks.media.enabled=false", *overrides))
     ckpt = read_checkpoint(run_training(cfg)["last_checkpoint"], weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["epoch"] == 2  # two finished epochs of one batch
+    assert ckpt["lr_schedulers"], "the experiment has no LR schedule to check"
     for sched in ckpt["lr_schedulers"]:
         assert sched["last_epoch"] == 2, sched  # two epochs, or two steps: stepped exactly twice
     if lr_factor is not None:

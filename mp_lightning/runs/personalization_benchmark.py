@@ -315,9 +315,8 @@ def metric_names(summary: dict) -> list[str]:
 def steps_to_reach(summary: dict, method: str, reference: str, metric: str, higher_is_better: bool) -> Optional[int]:
     """The first step count at which `method`'s mean is at least as good as `reference`'s at the last step."""
     target = summary["methods"][reference][metric]["mean"][-1]
-    better = higher_is_better
     for step, value in zip(summary["steps"], summary["methods"][method][metric]["mean"]):
-        if (value >= target) if better else (value <= target):
+        if (value >= target) if higher_is_better else (value <= target):
             return step
     return None
 

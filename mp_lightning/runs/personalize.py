@@ -84,7 +84,11 @@ class Evaluator:
         self.suite = MetricSuite({"enabled": enabled, "lpips": {"pretrained": lpips_pretrained},
                                   "identity": {"pretrained": identity_pretrained}, "fid": False},
                                  reference_available=True)
-        self.skipped = dict(self.suite.skipped)
+
+    @property
+    def skipped(self) -> dict:
+        """{metric: why it is not scored}: at construction (weights, packages) and at compute time."""
+        return self.suite.skipped
 
     def higher_is_better(self, key: str) -> bool:
         return bool(self.suite.metrics[key].higher_is_better)
