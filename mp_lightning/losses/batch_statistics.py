@@ -41,8 +41,10 @@ class ProcessGroupBatchNorm2d(nn.BatchNorm2d):
         # two passes (global mean, then global squared deviations): E[x^2] - E[x]^2 in float32 loses the variance
         # of channels whose mean is large against their spread, and the processes then train another model
         xf = x.float()
-        count = all_reduce(xf.new_tensor([x.numel() / x.shape[1]]))
-        mean = all_reduce(xf.sum((0, 2, 3))) / count
+        # the element count rides with the channel sums: one collective (processes may hold unequal batches)
+        sums = all_reduce(torch.cat([xf.sum((0, 2, 3)), xf.new_tensor([x.numel() / x.shape[1]])]))
+        count = sums[-1:]
+        mean = sums[:-1] / count
         centred = xf - mean[None, :, None, None]
         var = all_reduce((centred * centred).sum((0, 2, 3))) / count
         if self.track_running_stats:
