@@ -1,7 +1,8 @@
 """Does the quickstart's model keep faces? Train a candidate setting for a CPU time budget, then measure
 on the test split's self-reenactment pairs (source = frame 0 of a clip, ground truth = later frames):
 ST-LPIPS of the prediction and of copying the source frame, over the whole frame and inside the face
-(landmark hull), and dlib identity similarity self vs cross-identity. Prints a table, writes JSON and
+(landmark hull), and dlib identity similarity self vs cross-identity (beside dlib's same-person and
+different-people levels on the test split, `identity_check` in the JSON). Prints a table, writes JSON and
 each candidate's grid PNG (source | driving | prediction) to look at.
 
     python benchmarks/quickstart_quality.py --out runs/bench_quickstart \
@@ -53,7 +54,8 @@ def main() -> int:
         report = reenact_test_portraits(stage, data, out / name)
         results[name] = {"experiment": experiment, "overrides": overrides, "train_seconds": round(train_s, 1),
                          "steps": steps, "test_pairs": report["test_pairs"],
-                         "reenactment": report["metrics"], "grid": report["grid"]}
+                         "reenactment": report["metrics"], "identity_check": report.get("identity_check"),
+                         "grid": report["grid"]}
         print(json.dumps({name: results[name]}, indent=1))
     out.mkdir(parents=True, exist_ok=True)
     (out / "quickstart_quality.json").write_text(json.dumps(results, indent=2))

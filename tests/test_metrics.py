@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mp_lightning.metrics.fid import fid_unavailable_reason
-from mp_lightning.metrics.identity import AED, IdentitySimilarity
+from mp_lightning.metrics.identity import AED, IdentitySimilarity, identity_separation
 from mp_lightning.metrics.keypoints import AKD
 from mp_lightning.metrics.perceptual import LPIPS
 from mp_lightning.metrics.pixel import L1, PSNR, SSIM
@@ -138,6 +138,40 @@ def test_one_source_expanded_over_frames_is_embedded_once_with_the_same_values(e
 
 
 # ---------------------------------------------------------------------------------------------- AKD
+def test_identity_separation_equals_counting_every_pair():
+    g = torch.Generator().manual_seed(0)
+    people = ["a", "b", "c"] * 4
+    # each person a direction of their own plus noise: separable, but not perfectly
+    centres = {p: torch.randn(8, generator=g) for p in "abc"}
+    x = torch.stack([centres[p] + 0.9 * torch.randn(8, generator=g) for p in people])
+    result = identity_separation(x, people)
+
+    same, other = [], []
+    for i in range(len(people)):
+        for j in range(i + 1, len(people)):
+            score = float(F.cosine_similarity(x[i], x[j], dim=0))
+            (same if people[i] == people[j] else other).append(score)
+    # the chance that a same-person pair is more alike than a pair of two people (ties count half)
+    wins = sum((s > o) + 0.5 * (s == o) for s in same for o in other)
+    assert result["same_pairs"] == len(same) == 18 and result["other_pairs"] == len(other) == 48
+    assert result["cosine_same"] == pytest.approx(np.mean(same), abs=1e-6)
+    assert result["cosine_other"] == pytest.approx(np.mean(other), abs=1e-6)
+    assert result["cosine_auc"] == pytest.approx(wins / (len(same) * len(other)), abs=1e-6)
+    assert 0.5 < result["cosine_auc"] < 1  # the case is neither blind nor trivial
+
+
+def test_identity_separation_is_blind_to_a_mislabelled_set_and_needs_two_people():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    assert identity_separation(x, ["p", "p", "q", "q"])["cosine_auc"] == 1.0
+    assert identity_separation(x, ["p", "p", "q", "q"])["distance_auc"] == 1.0
+    # each "person" one face of each cluster: their own pairs are the least alike
+    assert identity_separation(x, ["p", "q", "p", "q"])["cosine_auc"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="two people"):
+        identity_separation(x, ["p"] * 4)
+    with pytest.raises(ValueError, match="4 embeddings but 3 labels"):
+        identity_separation(x, ["p", "q", "p"])
+
+
 def test_akd_precomputed_landmarks_in_pixels():
     target = torch.tensor([[[0.5, 0.5], [0.25, 0.75]]])
     pred = target + torch.tensor([[[3 / 64, 4 / 64], [0.0, 0.0]]])  # first point 5 px off at 64 px

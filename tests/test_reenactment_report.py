@@ -38,10 +38,13 @@ def test_report_writes_both_reenactments_and_its_identity_measure_separates_peop
     reason = dlib_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    same, other = report["metrics"]["self"], report["metrics"]["cross"]
-    print(f"dlib distance driving person vs source: same {same['aed_dlib_driving']:.3f}, "
-          f"other {other['aed_dlib_driving']:.3f}")
-    # driving frames against the source frame: data, not model output, so the figures are fixed by the
-    # deterministic synthetic set (measured 0.226 same person, 0.385 another at 64 px; 0.09-0.12 vs 0.36-0.44
-    # at the quickstart's 128 px). The bound asks for half the measured gap.
-    assert other["aed_dlib_driving"] > same["aed_dlib_driving"] + 0.08
+    assert {"id_similarity_dlib", "aed_dlib"} <= set(report["metrics"]["self"]) & set(report["metrics"]["cross"])
+    check = report["identity_check"]
+    print(f"dlib on the test split: cosine same person {check['cosine_same']:.4f}, different people "
+          f"{check['cosine_other']:.4f}, AUC {check['cosine_auc']:.3f}")
+    # data, not model output: fixed by the deterministic synthetic set. Measured on this 64 px set for seeds 0/1/2:
+    # cosine same 0.978/0.977/0.983 vs different people 0.943/0.949/0.940, AUC 1.0/0.98/1.0 (0.991 on the
+    # quickstart's 128 px test split). The bounds ask for half the smallest gap and an AUC far above chance (0.5).
+    assert check["people"] == 2 and check["faces"] >= 12
+    assert check["cosine_other"] < check["cosine_same"] - 0.014
+    assert check["cosine_auc"] > 0.9 and check["distance_auc"] > 0.9

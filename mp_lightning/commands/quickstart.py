@@ -75,6 +75,15 @@ def run(args) -> int:
         for region, key in (("whole frame", "st_lpips"), ("face (landmark hull)", "st_lpips_face")):
             ours, copy = pairs[key], pairs[f"{key}_copy_source"]
             print(f"    {region:22s} {ours:.4f} vs {copy:.4f} ({100 * (copy - ours) / copy:+.0f}%)")
+    if "identity_check" in report:
+        # the scale id_similarity_dlib is read on: dlib's similarity of one person's frames and of two people's
+        check = report["identity_check"]
+        print(f"    identity check, dlib on the test split ({check['faces']:.0f} faces of {check['people']:.0f} people):"
+              f" cosine similarity, distance")
+        for label, key in (("same person", "same"), ("different people", "other")):
+            print(f"    {label:22s} {check[f'cosine_{key}']:.4f} +- {check[f'cosine_{key}_std']:.4f}, "
+                  f"{check[f'distance_{key}']:.3f} ({check[f'{key}_pairs']:.0f} pairs)")
+        print(f"    {'told apart':22s} ROC AUC {check['cosine_auc']:.3f} by cosine, {check['distance_auc']:.3f} by distance")
     summary = Path(trained["run_dir"]) / "quickstart_report.json"
     summary.write_text(json.dumps(report, indent=2))
     print(f"    report                 {summary}")
