@@ -86,6 +86,26 @@ def test_eval_writes_metrics_json_with_every_metric(built_stage, tiny_data, tmp_
     assert (tmp_path / "ev" / "eval" / "metrics.md").read_text().count("|") > 10
 
 
+def test_eval_sets_command_line_model_keys_over_the_checkpoints_config(built_stage, tiny_data, tmp_path):
+    from mp_lightning.errors import CheckpointError
+    from mp_lightning.stages.base import load_stage
+
+    ckpt = built_stage(WARP_TINY, run_root=tmp_path).save(tmp_path / "w.ckpt")
+    assert load_stage(ckpt).hp.retarget_landmarks is True
+    # an inference option: the checkpoint's weights under another cross-identity protocol
+    absolute = load_stage(ckpt, model_overrides={"retarget_landmarks": False})
+    assert absolute.hp.retarget_landmarks is False and "absolute" in absolute.cross_identity_protocol
+    with pytest.raises(CheckpointError, match="motion"):  # a key that reshapes weights fails in the strict load
+        load_stage(ckpt, model_overrides={"net": {"motion_max_features": 32}})
+
+    # through the command: only model keys reach the checkpoint's config, and metrics.json records them
+    overrides = tiny_overrides(tiny_data, tmp_path, "name=ev", f"ckpt_path={ckpt}", "model.retarget_landmarks=false")
+    assert main(["eval", str(WARP_TINY), *overrides, "--sets", "cross"]) == 0
+    summary = json.loads((tmp_path / "ev" / "eval" / "metrics.json").read_text())
+    assert summary["model_overrides"] == ["model.retarget_landmarks=false"]
+    assert "absolute" in summary["cross_identity_protocol"]
+
+
 def test_animate_writes_a_playable_mp4_with_the_right_frame_count(built_stage, tiny_data, tmp_path):
     from mp_lightning.io.video import read_video
 

@@ -4,7 +4,9 @@ HELP = "Evaluate a checkpoint on the test split (self-reenactment and cross-iden
 
 def add_arguments(parser):
     parser.add_argument("experiment", help="experiment YAML file (data and metrics settings)")
-    parser.add_argument("overrides", nargs="*", help="overlay YAML files and key=value overrides; ckpt_path=X.ckpt is required")
+    parser.add_argument("overrides", nargs="*", help="overlay YAML files and key=value overrides; ckpt_path=X.ckpt is "
+                        "required. The model is built from the checkpoint's saved config; model.key=value given here "
+                        "is set over it (e.g. model.retarget_landmarks=false)")
     parser.add_argument("--sets", default="self,cross", help="evaluation sets, comma separated: self, cross")
 
 
@@ -14,7 +16,9 @@ def run(args) -> int:
 
     overlays, overrides = split_cli_args(args.overrides)
     cfg = compose(args.experiment, overrides, overlays)
-    result = run_evaluation(cfg, sets=tuple(s for s in args.sets.split(",") if s))
+    # the model is the checkpoint's: only the model keys given here change it (an inference option, say)
+    model_overrides = [o for o in overrides if o.lstrip("-").startswith("model.")]
+    result = run_evaluation(cfg, sets=tuple(s for s in args.sets.split(",") if s), model_overrides=model_overrides)
     for key, value in result["metrics"].items():
         print(f"{key:32s} {value:.4f}")
     print(f"wrote {result['eval_dir']}/metrics.json and metrics.md")

@@ -9,10 +9,11 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from mp_lightning.config.compose import parse_overrides
 from mp_lightning.errors import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -303,8 +304,11 @@ class EvaluationSets:
         return loaders
 
 
-def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
-    """Test `cfg.ckpt_path` on the test split (self-reenactment and cross-identity); writes metrics.json."""
+def run_evaluation(cfg: DictConfig, sets=("self", "cross"), model_overrides: Sequence[str] = ()) -> dict:
+    """Test `cfg.ckpt_path` on the test split (self-reenactment and cross-identity); writes metrics.json.
+
+    The model is the checkpoint's, built from the config saved in it (not `cfg.model`); `model_overrides`
+    (`model.key=value`, as given on the command line) are set over that config and recorded in metrics.json."""
     import lightning as L
 
     from callbacks.evaluation import MetricsCallback
@@ -317,7 +321,8 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
     run_dir = prepare_run_dir(cfg)
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    stage = load_stage(cfg.ckpt_path)
+    model_overrides = list(model_overrides)
+    stage = load_stage(cfg.ckpt_path, model_overrides=parse_overrides(model_overrides).get("model"))
     data = EvaluationSets(cfg, eval_dir, sets)
     for module in data.modules.values():
         connect_stage_and_data(stage, module)
@@ -333,7 +338,7 @@ def run_evaluation(cfg: DictConfig, sets=("self", "cross")) -> dict:
         if trainer.is_global_zero:
             summary = {"checkpoint": str(cfg.ckpt_path), "stage": stage.hparams["config"]["stage"],
                        "metrics": results, "cross_identity_protocol": stage.cross_identity_protocol,
-                       "skipped": dict(metrics_cb.skipped)}
+                       "skipped": dict(metrics_cb.skipped), "model_overrides": model_overrides}
             if descriptor:
                 summary["descriptor"] = descriptor
             (eval_dir / "metrics.json").write_text(json.dumps(summary, indent=2))

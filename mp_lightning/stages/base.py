@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import lightning as L
 import torch
@@ -243,8 +243,13 @@ def detached(value):
     return value.detach() if torch.is_tensor(value) else value
 
 
-def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_mode: bool = True) -> Stage:
-    """The LightningModule stored in one of our checkpoints, rebuilt from its saved config."""
+def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_mode: bool = True,
+               model_overrides: Mapping[str, Any] | None = None) -> Stage:
+    """The LightningModule stored in one of our checkpoints, rebuilt from its saved config.
+
+    `model_overrides`: model config keys (nested, as under `model:`) set over the checkpoint's, e.g. an
+    inference option such as `{"retarget_landmarks": False}`; one that changes a weight's shape fails in the
+    strict load, naming the weight."""
     from mp_lightning.stages import stage_class
 
     ckpt = read_checkpoint(path, weights_only=False, map_location=map_location)
@@ -254,11 +259,14 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu", eval_
             f"{path} is not an mp-lightning checkpoint (no saved experiment config); "
             f"official checkpoints are converted with `mp-lightning import-checkpoint`"
         )
-    cls = stage_class(hp["config"]["stage"])
+    config = dict(hp["config"])
+    if model_overrides:
+        config["model"] = OmegaConf.to_container(OmegaConf.merge(config.get("model") or {}, model_overrides))
+    cls = stage_class(config["stage"])
     # the checkpoint already holds what the init files gave at the start of training: building with them
     # would re-read files that may since have moved (and be overwritten by the state dict anyway)
-    module = cls(config=without_init_files(hp["config"]), landmark_spec=hp.get("landmark_spec"))
-    module.hparams["config"] = module.experiment_config = hp["config"]  # provenance kept for the next save
+    module = cls(config=without_init_files(config), landmark_spec=hp.get("landmark_spec"))
+    module.hparams["config"] = module.experiment_config = config  # provenance kept for the next save
     load_strict(module, ckpt["state_dict"], source=str(path))
     module.to(map_location)
     return module.eval() if eval_mode else module
