@@ -11,14 +11,14 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from mp_lightning.config.compose import compose, split_cli_args
+    from mp_lightning.config.compose import compose, model_overrides_of, split_cli_args
     from mp_lightning.runs.training import run_evaluation
 
     overlays, overrides = split_cli_args(args.overrides)
     cfg = compose(args.experiment, overrides, overlays)
     # the model is the checkpoint's: only the model keys given here change it (an inference option, say)
-    model_overrides = [o for o in overrides if o.lstrip("-").startswith("model.")]
-    result = run_evaluation(cfg, sets=tuple(s for s in args.sets.split(",") if s), model_overrides=model_overrides)
+    result = run_evaluation(cfg, sets=tuple(s for s in args.sets.split(",") if s),
+                            model_overrides=model_overrides_of(overrides))
     for key, value in result["metrics"].items():
         print(f"{key:32s} {value:.4f}")
     print(f"wrote {result['eval_dir']}/metrics.json and metrics.md")

@@ -80,7 +80,7 @@ def run(args) -> int:
         check = report["identity_check"]
         print(f"    identity check, dlib on the test split ({check['faces']:.0f} faces of {check['people']:.0f} people):"
               f" cosine similarity, distance")
-        for label, key in (("same person", "same"), ("different people", "other")):
+        for label, key in (("same person (self)", "same"), ("two people (cross)", "other")):
             print(f"    {label:22s} {check[f'cosine_{key}']:.4f} +- {check[f'cosine_{key}_std']:.4f}, "
                   f"{check[f'distance_{key}']:.3f} ({check[f'{key}_pairs']:.0f} pairs)")
         print(f"    {'told apart':22s} ROC AUC {check['cosine_auc']:.3f} by cosine, {check['distance_auc']:.3f} by distance")

@@ -75,6 +75,11 @@ def parse_overrides(overrides: Iterable[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {items}: {err}") from err
 
 
+def model_overrides_of(overrides: Iterable[str]) -> list[str]:
+    """The `model.` keys among `key=value` overrides: what evaluating a checkpoint sets over its saved config."""
+    return [item for item in overrides if item.lstrip("-").startswith("model.")]
+
+
 def _closest(key: str, valid: Sequence[str]) -> str | None:
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return match[0] if match else None

@@ -66,7 +66,7 @@ def methods_from_args(items: Sequence[str]) -> list[Method]:
 
 def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[str] = (),
                 video_frames: int = 32, wandb_mode: str = "offline", source_identity: str | Path | None = None) -> dict:
-    from mp_lightning.config.compose import compose
+    from mp_lightning.config.compose import compose, model_overrides_of
     from mp_lightning.runs.training import run_evaluation
 
     out_dir = Path(out_dir)
@@ -79,9 +79,11 @@ def run_compare(methods: list[Method], out_dir: str | Path, overrides: Sequence[
                                                  f"output_root={out_dir}", "logger.type=none", *overrides])
     check_same_evaluation_data(configs)
     protocols = {}
+    # each model is its checkpoint's; model keys among the overrides are set over every checkpoint's config
+    model_overrides = model_overrides_of(overrides)
     for m in methods:
         print(f"== {m.name}: {m.experiment} @ {m.checkpoint}")
-        result = run_evaluation(configs[m.name])
+        result = run_evaluation(configs[m.name], model_overrides=model_overrides)
         rows[m.name], protocols[m.name], stages[m.name] = result["metrics"], result["cross_identity_protocol"], result["stage"]
         if result.get("descriptor"):
             descriptors[m.name] = result["descriptor"]
