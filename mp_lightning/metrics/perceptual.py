@@ -64,6 +64,14 @@ class LPIPS(MeanMetric):
         self._accumulate(values)
 
 
+def st_lpips_distances(net: nn.Module, preds: Tensor, target: Tensor) -> Tensor:
+    """ST-LPIPS of each pair, (B,), for (B, 3, H, W) images in [0, 1] (`net` from `load_st_lpips`, which takes
+    [-1, 1])."""
+    check_images("ST-LPIPS", preds, target)
+    with torch.no_grad():
+        return net(preds.float() * 2 - 1, target.float() * 2 - 1).flatten()
+
+
 class STLPIPS(MeanMetric):
     """Mean ST-LPIPS distance (stlpips-pytorch, shift-tolerant trunk; `net` "alex" (default) or "vgg").
 
@@ -79,7 +87,4 @@ class STLPIPS(MeanMetric):
         self._hold_frozen("net", load_st_lpips(net))
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        check_images("ST-LPIPS", preds, target)
-        with torch.no_grad():
-            values = self.net(preds.float() * 2 - 1, target.float() * 2 - 1)
-        self._accumulate(values)
+        self._accumulate(st_lpips_distances(self.net, preds, target))

@@ -84,27 +84,23 @@ def face_crops(images: Tensor, masks: Tensor, out_size: int = 64) -> Tensor:
     return torch.stack(crops)
 
 
-def st_lpips_per_frame(a: Tensor, b: Tensor, net=None) -> Tensor:
-    """ST-LPIPS (AlexNet) per frame, (T,) for (T, 3, H, W) pairs in [0, 1]."""
-    from mp_lightning.networks.st_lpips import load_st_lpips
-
-    net = net or load_st_lpips("alex")
-    with torch.no_grad():
-        return net(a.float() * 2 - 1, b.float() * 2 - 1).flatten()
-
-
 def reference_scores(prediction: Tensor, source: Tensor, driving: Tensor, driving_landmarks: Tensor,
                      net=None) -> Dict[str, float]:
     """ST-LPIPS against the driving frames for the prediction and for copying the source frame, whole
     frame and face (landmark hull of the driving frame). Lower is better."""
+    from mp_lightning.metrics.perceptual import st_lpips_distances
+    from mp_lightning.networks.st_lpips import load_st_lpips
+
+    net = net or load_st_lpips("alex")
     copy = source[None].expand_as(prediction)
     masks = face_hull_masks(driving_landmarks, prediction.shape[-1])
     face = lambda x: face_crops(x, masks)  # noqa: E731
+    mean = lambda a, b: float(st_lpips_distances(net, a, b).mean())  # noqa: E731
     return {
-        "st_lpips": float(st_lpips_per_frame(prediction, driving, net).mean()),
-        "st_lpips_copy_source": float(st_lpips_per_frame(copy, driving, net).mean()),
-        "st_lpips_face": float(st_lpips_per_frame(face(prediction), face(driving), net).mean()),
-        "st_lpips_face_copy_source": float(st_lpips_per_frame(face(copy), face(driving), net).mean()),
+        "st_lpips": mean(prediction, driving),
+        "st_lpips_copy_source": mean(copy, driving),
+        "st_lpips_face": mean(face(prediction), face(driving)),
+        "st_lpips_face_copy_source": mean(face(copy), face(driving)),
     }
 
 
