@@ -85,13 +85,12 @@ def face_crops(images: Tensor, masks: Tensor, out_size: int = 64) -> Tensor:
 
 
 def reference_scores(prediction: Tensor, source: Tensor, driving: Tensor, driving_landmarks: Tensor,
-                     net=None) -> Dict[str, float]:
-    """ST-LPIPS against the driving frames for the prediction and for copying the source frame, whole
-    frame and face (landmark hull of the driving frame). Lower is better."""
+                     net) -> Dict[str, float]:
+    """ST-LPIPS (`net`: `load_st_lpips("alex")`, loaded once by the caller) against the driving frames for the
+    prediction and for copying the source frame, whole frame and face (landmark hull of the driving frame).
+    Lower is better."""
     from mp_lightning.metrics.perceptual import st_lpips_distances
-    from mp_lightning.networks.st_lpips import load_st_lpips
 
-    net = net or load_st_lpips("alex")
     copy = source[None].expand_as(prediction)
     masks = face_hull_masks(driving_landmarks, prediction.shape[-1])
     face = lambda x: face_crops(x, masks)  # noqa: E731
